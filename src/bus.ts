@@ -1,0 +1,591 @@
+import { debuglog } from 'node:util';
+import { ShmbusError, invalidArg } from './errors';
+import { codecs, type Codec } from './codec';
+import { FrameKind, MAX_ACTION_CHARS, makeHead, parseFrame, type ParsedFrame } from './frame';
+import { checkMemberId, compareIds, isMemberId, show, type ResolvedOptions } from './options';
+import type { MemberId, Transport, TransportHost, TransportName } from './transports/transport';
+
+const debug = debuglog('shmbus');
+
+/** What a listener or handler learns about the message besides its data. */
+export interface MessageInfo {
+  action: string;
+  from: MemberId;
+}
+
+export type Listener = (data: any, msg: MessageInfo) => unknown;
+export type Handler = (data: any, msg: MessageInfo) => unknown;
+export type PeerListener = (id: MemberId) => void;
+export type ErrorListener = (err: Error) => void;
+
+export interface RequestOptions {
+  /** The member that answers. Required. */
+  to: MemberId;
+  /** In ms; default the bus's requestTimeout. */
+  timeout?: number;
+  signal?: AbortSignal;
+}
+
+export interface WaitForOptions {
+  /** In ms; default the bus's requestTimeout. */
+  timeout?: number;
+}
+
+export interface PeerStats {
+  queuedBytes: number;
+  sentMessages: number;
+  sentBytes: number;
+  receivedMessages: number;
+  receivedBytes: number;
+  /** Messages that arrived for an action with no listener. */
+  drops: number;
+  /** Frames from this member that could not be read. */
+  errors: number;
+}
+
+export interface BusStats {
+  id: MemberId;
+  transport: TransportName;
+  codec: string;
+  /** Per member, this one included (messages to self are counted under its id). */
+  peers: Record<string, PeerStats>;
+}
+
+const RESERVED = new Set(['peer:join', 'peer:leave', 'error']);
+const HEAD_CACHE_LIMIT = 1024;
+
+interface PendingRequest {
+  to: MemberId;
+  resolve(value: unknown): void;
+  reject(err: Error): void;
+  timer: NodeJS.Timeout;
+  signal?: AbortSignal;
+  onAbort?: () => void;
+}
+
+interface Waiter {
+  done(err?: Error): void;
+  check(): boolean;
+}
+
+/** Checks an action name given by the user: non-empty, at most 256 characters, not reserved. */
+function checkAction(action: unknown): string {
+  if (typeof action !== 'string' || action.length === 0 || action.length > MAX_ACTION_CHARS) {
+    throw invalidArg(`an action must be a non-empty string of at most ${MAX_ACTION_CHARS} characters, got ${show(action)}`);
+  }
+  if (RESERVED.has(action)) {
+    throw invalidArg(`${show(action)} is a reserved event name: it can't be sent, handled or requested`);
+  }
+  return action;
+}
+
+function checkTimeout(value: unknown, what: string, fallback: number): number {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'number' || !(value > 0) || value > 2 ** 31 - 1) {
+    throw invalidArg(`${what} must be a number of ms above 0 and below 2^31, got ${show(value)}`);
+  }
+  return value;
+}
+
+function newStats(): PeerStats {
+  return { queuedBytes: 0, sentMessages: 0, sentBytes: 0, receivedMessages: 0, receivedBytes: 0, drops: 0, errors: 0 };
+}
+
+export class Bus {
+  /** This member's id. */
+  readonly id: MemberId;
+  private readonly options: ResolvedOptions;
+  private readonly codec: Codec;
+  private transportImpl!: Transport;
+  private readonly members = new Set<MemberId>();
+  private readonly listeners = new Map<string, Listener[]>();
+  private readonly handlers = new Map<string, Handler>();
+  private readonly pending = new Map<number, PendingRequest>();
+  private readonly waiters = new Set<Waiter>();
+  private readonly counters = new Map<MemberId, PeerStats>();
+  private readonly messageHeads = new Map<string, Buffer>();
+  private nextRequestId = 1;
+  private opened = false;
+  private closed = false;
+  private closing?: Promise<void>;
+  /** Frames that arrived while open() was resolving, delivered on a later turn. */
+  private early: Array<[MemberId, Buffer]> | null = [];
+  /** Frames sent to this member itself, delivered on a later turn. */
+  private selfQueue: Buffer[] = [];
+  private selfQueuedBytes = 0;
+  private selfFlushScheduled = false;
+
+  /** @internal use open() */
+  constructor(options: ResolvedOptions) {
+    this.id = options.id;
+    this.options = options;
+    this.codec = codecs[options.codec];
+  }
+
+  /** The transport in use. */
+  get transport(): TransportName {
+    return this.transportImpl.name;
+  }
+
+  /** @internal */
+  async start(transport: Transport): Promise<void> {
+    this.transportImpl = transport;
+    await transport.open();
+    for (const id of transport.peers()) this.members.add(id);
+    this.opened = true;
+    debug('open %s as %s on %s with %d peers', this.options.name, this.id, transport.name, this.members.size);
+    if (this.early && this.early.length > 0) setImmediate(() => this.flushEarly());
+    else this.early = null;
+  }
+
+  /** @internal the TransportHost the bus gives its transport */
+  readonly host: TransportHost = {
+    frame: (from, frame) => this.onFrame(from, frame),
+    join: (id) => this.onJoin(id),
+    leave: (id) => this.onLeave(id),
+    error: (err) => this.emitError(err),
+    writable: () => this.checkWaiters(),
+  };
+
+  /** The other live members' ids: numbers ascending, then strings. */
+  peers(): MemberId[] {
+    return [...this.members].sort(compareIds);
+  }
+
+  /** Resolves once every id in `ids` is a member (this one counts). */
+  waitFor(ids: MemberId | readonly MemberId[], options: WaitForOptions = {}): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const list = (Array.isArray(ids) ? ids : [ids]).map((id) => checkMemberId(id));
+      const timeout = checkTimeout(options?.timeout, 'timeout', this.options.requestTimeout);
+      if (this.closed) throw new ShmbusError('ERR_SHMBUS_CLOSED', 'waitFor() on a closed bus');
+      const waiter: Waiter = {
+        check: () => list.every((id) => id === this.id || this.members.has(id)),
+        done: (err) => {
+          clearTimeout(timer);
+          this.waiters.delete(waiter);
+          if (err) reject(err);
+          else resolve();
+        },
+      };
+      if (waiter.check()) return resolve();
+      const timer = setTimeout(() => {
+        const missing = list.filter((id) => id !== this.id && !this.members.has(id));
+        waiter.done(new ShmbusError('ERR_SHMBUS_TIMEOUT', `waitFor() timed out after ${timeout} ms; not members: ${missing.map((id) => show(id)).join(', ')}`));
+      }, timeout);
+      timer.unref();
+      this.waiters.add(waiter);
+    });
+  }
+
+  /**
+   * Sends `data` under `action` to every member (this one included), to one member, or to a list.
+   * Returns the number of members it was handed to. Throws, sending nothing, if any target is not
+   * a member, the data can't be encoded, it is too large or a target's queue is full.
+   */
+  sendMessage(action: string, data?: unknown, to?: MemberId | readonly MemberId[]): number {
+    if (this.closed) throw new ShmbusError('ERR_SHMBUS_CLOSED', 'sendMessage() on a closed bus');
+    checkAction(action);
+    const targets = this.targetsOf(to);
+    const { body, flags } = this.codec.encode(data);
+    let head = flags === 0 ? this.messageHeads.get(action) : undefined;
+    if (!head) {
+      head = makeHead(FrameKind.MESSAGE, flags, 0, action);
+      if (flags === 0 && this.messageHeads.size < HEAD_CACHE_LIMIT) this.messageHeads.set(action, head);
+    }
+    this.deliver(targets, head, body);
+    return targets.length;
+  }
+
+  private targetsOf(to: MemberId | readonly MemberId[] | undefined): MemberId[] {
+    if (to === undefined) return [this.id, ...this.members];
+    const list = Array.isArray(to) ? to : [to];
+    const targets: MemberId[] = [];
+    const seen = new Set<MemberId>();
+    for (const id of list) {
+      if (!isMemberId(id)) checkMemberId(id, 'a target id');
+      if (seen.has(id)) continue;
+      seen.add(id);
+      if (id !== this.id && !this.members.has(id)) {
+        throw new ShmbusError('ERR_SHMBUS_UNKNOWN_PEER', `${show(id)} is not a member of bus ${show(this.options.name)}`);
+      }
+      targets.push(id);
+    }
+    return targets;
+  }
+
+  /** Checks size and every target's queue, then hands the frame to all of them. */
+  private deliver(targets: readonly MemberId[], head: Uint8Array, body: Uint8Array, checkQueues = true): void {
+    const size = head.length + body.length;
+    if (size > this.options.maxMessageSize) {
+      throw new ShmbusError('ERR_SHMBUS_TOO_LARGE', `a message of ${size} bytes is over maxMessageSize (${this.options.maxMessageSize})`);
+    }
+    let toSelf = false;
+    const others: MemberId[] = [];
+    for (const id of targets) {
+      if (id === this.id) toSelf = true;
+      else others.push(id);
+      if (!checkQueues) continue;
+      const queued = this.queuedBytes(id);
+      if (queued > 0 && queued + size > this.options.maxQueueBytes) {
+        throw new ShmbusError('ERR_SHMBUS_BACKPRESSURE', `member ${show(id)} has ${queued} bytes queued (maxQueueBytes ${this.options.maxQueueBytes}); await bus.drain() and retry`);
+      }
+    }
+    if (others.length > 0) this.transportImpl.send(others, head, body);
+    if (toSelf) this.enqueueSelf(head, body);
+    for (const id of targets) {
+      const c = this.counter(id);
+      c.sentMessages++;
+      c.sentBytes += size;
+    }
+  }
+
+  private queuedBytes(id: MemberId): number {
+    return id === this.id ? this.selfQueuedBytes : this.transportImpl.queuedBytes(id);
+  }
+
+  private enqueueSelf(head: Uint8Array, body: Uint8Array): void {
+    const frame = Buffer.concat([head, body]);
+    this.selfQueue.push(frame);
+    this.selfQueuedBytes += frame.length;
+    if (!this.selfFlushScheduled) {
+      this.selfFlushScheduled = true;
+      setImmediate(() => this.flushSelf());
+    }
+  }
+
+  private flushSelf(): void {
+    this.selfFlushScheduled = false;
+    const frames = this.selfQueue;
+    this.selfQueue = [];
+    this.selfQueuedBytes = 0;
+    for (const frame of frames) this.dispatch(this.id, frame);
+    this.checkWaiters();
+  }
+
+  /** Listens for messages under `action`, or for 'peer:join', 'peer:leave' and 'error'. */
+  on(action: 'peer:join' | 'peer:leave', listener: PeerListener): this;
+  on(action: 'error', listener: ErrorListener): this;
+  on(action: string, listener: Listener): this;
+  on(action: string, listener: (...args: any[]) => unknown): this {
+    if (!RESERVED.has(action)) checkAction(action);
+    if (typeof listener !== 'function') throw invalidArg(`a listener must be a function, got ${show(listener)}`);
+    const list = this.listeners.get(action);
+    if (list) list.push(listener);
+    else this.listeners.set(action, [listener]);
+    return this;
+  }
+
+  /** Removes a listener added with on(). */
+  off(action: string, listener: (...args: any[]) => unknown): this {
+    const list = this.listeners.get(action);
+    if (!list) return this;
+    const at = list.lastIndexOf(listener);
+    if (at >= 0) {
+      const next = list.slice();
+      next.splice(at, 1);
+      if (next.length > 0) this.listeners.set(action, next);
+      else this.listeners.delete(action);
+    }
+    return this;
+  }
+
+  /** Answers requests for `action`; one handler per action. */
+  handle(action: string, handler: Handler): this {
+    checkAction(action);
+    if (typeof handler !== 'function') throw invalidArg(`a handler must be a function, got ${show(handler)}`);
+    if (this.handlers.has(action)) throw invalidArg(`${show(action)} already has a handler`);
+    this.handlers.set(action, handler);
+    return this;
+  }
+
+  /** Asks member `options.to` to handle `action` with `data`; resolves its answer. */
+  request<T = any>(action: string, data: unknown, options: RequestOptions): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      checkAction(action);
+      if (options === null || typeof options !== 'object') throw invalidArg('request() needs options with `to`, the member that answers');
+      if (options.to === undefined) throw invalidArg('request() needs `to`, the member that answers');
+      const to = checkMemberId(options.to, 'to');
+      const timeout = checkTimeout(options.timeout, 'timeout', this.options.requestTimeout);
+      const signal = options.signal;
+      if (signal !== undefined && !(signal instanceof AbortSignal)) throw invalidArg('signal must be an AbortSignal');
+      if (this.closed) throw new ShmbusError('ERR_SHMBUS_CLOSED', 'request() on a closed bus');
+      if (signal?.aborted) throw new ShmbusError('ERR_SHMBUS_ABORTED', 'the request was aborted before it was sent', { cause: signal.reason });
+      if (to !== this.id && !this.members.has(to)) {
+        throw new ShmbusError('ERR_SHMBUS_UNKNOWN_PEER', `${show(to)} is not a member of bus ${show(this.options.name)}`);
+      }
+      const { body, flags } = this.codec.encode(data);
+      const requestId = this.nextRequestId;
+      this.nextRequestId = this.nextRequestId >= 0xffffffff ? 1 : this.nextRequestId + 1;
+      this.deliver([to], makeHead(FrameKind.REQUEST, flags, requestId, action), body);
+
+      const entry: PendingRequest = {
+        to,
+        resolve: resolve as (value: unknown) => void,
+        reject,
+        timer: setTimeout(() => {
+          this.settle(requestId, new ShmbusError('ERR_SHMBUS_TIMEOUT', `request ${show(action)} to ${show(to)} got no answer within ${timeout} ms`));
+        }, timeout),
+      };
+      entry.timer.unref();
+      if (signal) {
+        entry.signal = signal;
+        entry.onAbort = () => this.settle(requestId, new ShmbusError('ERR_SHMBUS_ABORTED', `request ${show(action)} to ${show(to)} was aborted`, { cause: signal.reason }));
+        signal.addEventListener('abort', entry.onAbort, { once: true });
+      }
+      this.pending.set(requestId, entry);
+    });
+  }
+
+  /** Ends a pending request with an error, or with a value when `err` is undefined. */
+  private settle(requestId: number, err: Error | undefined, value?: unknown): void {
+    const entry = this.pending.get(requestId);
+    if (!entry) return;
+    this.pending.delete(requestId);
+    clearTimeout(entry.timer);
+    if (entry.signal && entry.onAbort) entry.signal.removeEventListener('abort', entry.onAbort);
+    if (err) entry.reject(err);
+    else entry.resolve(value);
+  }
+
+  /** Resolves once every member's queue is below half of maxQueueBytes. */
+  drain(): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      if (this.closed) return reject(new ShmbusError('ERR_SHMBUS_CLOSED', 'drain() on a closed bus'));
+      const limit = this.options.maxQueueBytes / 2;
+      const waiter: Waiter = {
+        check: () => this.queuedBytes(this.id) < limit && [...this.members].every((id) => this.queuedBytes(id) < limit),
+        done: (err) => {
+          this.waiters.delete(waiter);
+          if (err) reject(err);
+          else resolve();
+        },
+      };
+      if (waiter.check()) return resolve();
+      this.waiters.add(waiter);
+    });
+  }
+
+  private checkWaiters(): void {
+    for (const waiter of this.waiters) if (waiter.check()) waiter.done();
+  }
+
+  /** Keeps the process from exiting while the bus is open (the default). */
+  ref(): this {
+    if (!this.closed) this.transportImpl.ref();
+    return this;
+  }
+
+  /** Lets the process exit while the bus is open. */
+  unref(): this {
+    if (!this.closed) this.transportImpl.unref();
+    return this;
+  }
+
+  /** Counters per member, and bytes queued for each. */
+  stats(): BusStats {
+    const peers: Record<string, PeerStats> = {};
+    for (const id of [this.id, ...this.peers()]) {
+      peers[String(id)] = { ...this.counter(id), queuedBytes: this.queuedBytes(id) };
+    }
+    return { id: this.id, transport: this.transport, codec: this.codec.name, peers };
+  }
+
+  /** Leaves the bus. Pending requests, waitFor() and drain() reject with ERR_SHMBUS_CLOSED. Idempotent. */
+  close(): Promise<void> {
+    if (this.closing) return this.closing;
+    this.closed = true;
+    const err = () => new ShmbusError('ERR_SHMBUS_CLOSED', 'the bus was closed');
+    for (const requestId of [...this.pending.keys()]) this.settle(requestId, err());
+    for (const waiter of [...this.waiters]) waiter.done(err());
+    debug('close %s as %s', this.options.name, this.id);
+    this.closing = this.transportImpl.close();
+    return this.closing;
+  }
+
+  private counter(id: MemberId): PeerStats {
+    let c = this.counters.get(id);
+    if (!c) {
+      c = newStats();
+      this.counters.set(id, c);
+    }
+    return c;
+  }
+
+  private onJoin(id: MemberId): void {
+    if (this.closed || this.members.has(id)) return;
+    this.members.add(id);
+    debug('peer %s joined', id);
+    if (!this.opened) return;
+    this.emitLocal('peer:join', id);
+    this.checkWaiters();
+  }
+
+  private onLeave(id: MemberId): void {
+    if (this.closed || !this.members.delete(id)) return;
+    debug('peer %s left', id);
+    this.counters.delete(id);
+    for (const [requestId, entry] of this.pending) {
+      if (entry.to === id) this.settle(requestId, new ShmbusError('ERR_SHMBUS_PEER_GONE', `member ${show(id)} left before answering`));
+    }
+    if (!this.opened) return;
+    this.emitLocal('peer:leave', id);
+    this.checkWaiters();
+  }
+
+  private onFrame(from: MemberId, frame: Buffer): void {
+    if (this.closed) return;
+    if (this.early) this.early.push([from, frame]);
+    else this.dispatch(from, frame);
+  }
+
+  private flushEarly(): void {
+    const early = this.early ?? [];
+    this.early = null;
+    for (const [from, frame] of early) this.dispatch(from, frame);
+  }
+
+  private dispatch(from: MemberId, frame: Buffer): void {
+    const c = this.counter(from);
+    c.receivedMessages++;
+    c.receivedBytes += frame.length;
+    const parsed = parseFrame(frame);
+    if (!parsed) {
+      c.errors++;
+      this.emitError(new ShmbusError('ERR_SHMBUS_PROTOCOL', `member ${show(from)} sent a frame that can't be read (${frame.length} bytes)`));
+      return;
+    }
+    switch (parsed.kind) {
+      case FrameKind.MESSAGE:
+        return this.onMessage(from, parsed, c);
+      case FrameKind.REQUEST:
+        return this.onRequest(from, parsed);
+      case FrameKind.REPLY:
+      case FrameKind.FAILURE:
+        return this.onReply(from, parsed, c);
+    }
+  }
+
+  private decode(from: MemberId, parsed: ParsedFrame, c: PeerStats): { ok: true; data: unknown } | { ok: false; err: ShmbusError } {
+    try {
+      return { ok: true, data: this.codec.decode(parsed.body, parsed.flags) };
+    } catch (cause) {
+      c.errors++;
+      const err = new ShmbusError('ERR_SHMBUS_SERIALIZE', `a ${parsed.body.length}-byte body for ${show(parsed.action)} from ${show(from)} can't be decoded with the ${this.codec.name} codec`, { cause });
+      return { ok: false, err };
+    }
+  }
+
+  private onMessage(from: MemberId, parsed: ParsedFrame, c: PeerStats): void {
+    const list = this.listeners.get(parsed.action);
+    if (!list) {
+      c.drops++;
+      debug('no listener for %s from %s', parsed.action, from);
+      return;
+    }
+    const decoded = this.decode(from, parsed, c);
+    if (!decoded.ok) return this.emitError(decoded.err);
+    const info: MessageInfo = { action: parsed.action, from };
+    for (const listener of list) {
+      try {
+        const result = listener(decoded.data, info);
+        if (result instanceof Promise) result.catch((err) => this.emitError(asError(err)));
+      } catch (err) {
+        this.emitError(asError(err));
+      }
+    }
+  }
+
+  private onRequest(from: MemberId, parsed: ParsedFrame): void {
+    const { action, requestId } = parsed;
+    const handler = this.handlers.get(action);
+    if (!handler) {
+      return this.fail(from, requestId, action, 'ERR_SHMBUS_NO_HANDLER', `member ${show(this.id)} has no handler for ${show(action)}`);
+    }
+    const decoded = this.decode(from, parsed, this.counter(from));
+    if (!decoded.ok) return this.fail(from, requestId, action, 'ERR_SHMBUS_REMOTE', decoded.err.message, decoded.err.code);
+    new Promise((resolve) => resolve(handler(decoded.data, { action, from }))).then(
+      (value) => this.reply(from, requestId, action, value),
+      (err) => {
+        const e = asError(err) as Error & { code?: unknown };
+        this.fail(from, requestId, action, 'ERR_SHMBUS_REMOTE', e.message, typeof e.code === 'string' ? e.code : undefined);
+      },
+    );
+  }
+
+  private reply(to: MemberId, requestId: number, action: string, value: unknown): void {
+    if (this.closed || (to !== this.id && !this.members.has(to))) return;
+    let encoded;
+    try {
+      encoded = this.codec.encode(value);
+    } catch (err) {
+      const e = err as ShmbusError;
+      return this.fail(to, requestId, action, 'ERR_SHMBUS_REMOTE', e.message, e.code);
+    }
+    const head = makeHead(FrameKind.REPLY, encoded.flags, requestId, action);
+    if (head.length + encoded.body.length > this.options.maxMessageSize) {
+      return this.fail(to, requestId, action, 'ERR_SHMBUS_REMOTE', `the answer to ${show(action)} is over maxMessageSize`, 'ERR_SHMBUS_TOO_LARGE');
+    }
+    // Answers are not refused for a full queue: the requester is waiting for this one.
+    this.deliver([to], head, encoded.body, false);
+  }
+
+  private fail(to: MemberId, requestId: number, action: string, code: string, message: string, remoteCode?: string): void {
+    if (this.closed || (to !== this.id && !this.members.has(to))) return;
+    const body = Buffer.from(JSON.stringify({ code, message, remoteCode }), 'utf8');
+    this.deliver([to], makeHead(FrameKind.FAILURE, 0, requestId, action), body, false);
+  }
+
+  private onReply(from: MemberId, parsed: ParsedFrame, c: PeerStats): void {
+    const entry = this.pending.get(parsed.requestId);
+    if (!entry || entry.to !== from) {
+      debug('an answer from %s to request %d that is not pending', from, parsed.requestId);
+      return;
+    }
+    if (parsed.kind === FrameKind.REPLY) {
+      const decoded = this.decode(from, parsed, c);
+      if (decoded.ok) this.settle(parsed.requestId, undefined, decoded.data);
+      else this.settle(parsed.requestId, decoded.err);
+      return;
+    }
+    let failure: { code?: unknown; message?: unknown; remoteCode?: unknown } = {};
+    try {
+      failure = JSON.parse(parsed.body.toString('utf8'));
+    } catch {
+      c.errors++;
+    }
+    const message = typeof failure.message === 'string' ? failure.message : `request ${show(parsed.action)} failed at ${show(from)}`;
+    const remoteCode = typeof failure.remoteCode === 'string' ? failure.remoteCode : undefined;
+    const code = failure.code === 'ERR_SHMBUS_NO_HANDLER' ? 'ERR_SHMBUS_NO_HANDLER' : 'ERR_SHMBUS_REMOTE';
+    this.settle(parsed.requestId, new ShmbusError(code, message, { remoteCode }));
+  }
+
+  private emitLocal(event: 'peer:join' | 'peer:leave', id: MemberId): void {
+    for (const listener of this.listeners.get(event) ?? []) {
+      try {
+        (listener as unknown as PeerListener)(id);
+      } catch (err) {
+        this.emitError(asError(err));
+      }
+    }
+  }
+
+  private emitError(err: Error): void {
+    debug('error: %s', err.message);
+    const list = this.listeners.get('error');
+    if (!list) {
+      process.emitWarning(err);
+      return;
+    }
+    for (const listener of list) {
+      try {
+        (listener as unknown as ErrorListener)(err);
+      } catch (thrown) {
+        process.emitWarning(asError(thrown));
+      }
+    }
+  }
+}
+
+function asError(value: unknown): Error {
+  return value instanceof Error ? value : new Error(String(value));
+}

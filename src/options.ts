@@ -1,0 +1,164 @@
+import * as os from 'node:os';
+import { invalidArg } from './errors';
+import { codecs, type CodecName } from './codec';
+import type { MemberId, TransportName } from './transports/transport';
+
+export interface OpenOptions {
+  /** Bus name; members with the same name form one bus. Default 'default'. */
+  name?: string;
+  /** This member's id. Default: SHMBUS_ID, PM2's NODE_APP_INSTANCE, cluster.worker.id, 'primary' in a cluster primary, else `<host>-<pid>`. */
+  id?: MemberId;
+  /** 'auto' (default) picks 'shm' where the native addon loads, else 'process'. Env SHMBUS_TRANSPORT overrides. */
+  transport?: 'auto' | TransportName;
+  codec?: CodecName;
+  /** Default timeout of request(), in ms. Default 30000. */
+  requestTimeout?: number;
+  /** Larger messages are refused with ERR_SHMBUS_TOO_LARGE. Default 64 MiB. */
+  maxMessageSize?: number;
+  /** Per target: bytes accepted but not yet taken by it. Default 64 MiB. */
+  maxQueueBytes?: number;
+  /** Options for transport 'shm': { dir, ringSize, spinUs }. */
+  shm?: Record<string, unknown>;
+  /** Options for transport 'process': { handshakeTimeout }. */
+  process?: Record<string, unknown>;
+  /** Options for transport 'nats', passed to the NATS client: { servers, ... }. */
+  nats?: Record<string, unknown>;
+}
+
+export interface ResolvedOptions {
+  name: string;
+  id: MemberId;
+  transport: 'auto' | TransportName;
+  codec: CodecName;
+  requestTimeout: number;
+  maxMessageSize: number;
+  maxQueueBytes: number;
+  shm: Record<string, unknown>;
+  process: Record<string, unknown>;
+  nats: Record<string, unknown>;
+}
+
+const BUS_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
+const STRING_ID = /^[A-Za-z_][A-Za-z0-9_.-]{0,63}$/;
+const MAX_INT_ID = 2 ** 31 - 1;
+const TRANSPORTS = ['auto', 'shm', 'process', 'nats'];
+const KNOWN = new Set(['name', 'id', 'transport', 'codec', 'requestTimeout', 'maxMessageSize', 'maxQueueBytes', 'shm', 'process', 'nats']);
+
+export function isMemberId(id: unknown): id is MemberId {
+  if (typeof id === 'number') return Number.isInteger(id) && id >= 0 && id <= MAX_INT_ID;
+  return typeof id === 'string' && STRING_ID.test(id);
+}
+
+export function checkMemberId(id: unknown, what = 'id'): MemberId {
+  if (!isMemberId(id)) {
+    throw invalidArg(`${what} must be an integer 0..2^31-1 or a string matching ${STRING_ID}, got ${show(id)}`);
+  }
+  return id;
+}
+
+/** Reads an id from text (environment variables, file names): digits are a worker number. */
+export function parseMemberId(text: string): MemberId | undefined {
+  const id: MemberId = /^\d{1,10}$/.test(text) ? Number(text) : text;
+  return isMemberId(id) ? id : undefined;
+}
+
+export function show(value: unknown): string {
+  if (typeof value === 'string') return JSON.stringify(value);
+  if (typeof value === 'bigint') return `${value}n`;
+  if (value === null || typeof value !== 'object') return String(value);
+  return Array.isArray(value) ? 'an array' : 'an object';
+}
+
+function positiveInt(value: unknown, what: string, fallback: number): number {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value <= 0) {
+    throw invalidArg(`${what} must be a positive integer, got ${show(value)}`);
+  }
+  return value;
+}
+
+function section(value: unknown, what: string): Record<string, unknown> {
+  if (value === undefined) return {};
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    throw invalidArg(`${what} must be an object, got ${show(value)}`);
+  }
+  return value as Record<string, unknown>;
+}
+
+function defaultId(): MemberId {
+  const env = process.env;
+  if (env.SHMBUS_ID !== undefined && env.SHMBUS_ID !== '') {
+    const id = parseMemberId(env.SHMBUS_ID);
+    if (id === undefined) throw invalidArg(`SHMBUS_ID must be a member id (an integer or a name), got ${show(env.SHMBUS_ID)}`);
+    return id;
+  }
+  if (env.NODE_APP_INSTANCE !== undefined && /^\d{1,10}$/.test(env.NODE_APP_INSTANCE)) {
+    const id = Number(env.NODE_APP_INSTANCE);
+    if (isMemberId(id)) return id;
+  }
+  const role = clusterRole();
+  if (role.worker) return role.worker.id;
+  if (role.primary) return 'primary';
+  const host = os.hostname().replace(/[^A-Za-z0-9_.-]/g, '_').slice(0, 40);
+  return `${/^[A-Za-z_]/.test(host) ? host : `h${host}`}-${process.pid}`;
+}
+
+/**
+ * This process's place in a node:cluster application: a worker (Node loads node:cluster in every
+ * worker), or a primary (a process, not a worker, whose program loaded node:cluster), or neither.
+ */
+export function clusterRole(): { worker?: import('node:cluster').Worker; primary: boolean; cluster?: import('node:cluster').Cluster } {
+  const loaded = (process as unknown as { moduleLoadList?: string[] }).moduleLoadList;
+  if (!Array.isArray(loaded) || !loaded.includes('NativeModule cluster')) return { primary: false };
+  const cluster = require('node:cluster') as import('node:cluster').Cluster;
+  return cluster.isWorker ? { worker: cluster.worker, primary: false, cluster } : { primary: true, cluster };
+}
+
+export function resolveOptions(options: unknown): ResolvedOptions {
+  const o = section(options, 'open() options') as OpenOptions;
+  for (const key of Object.keys(o)) {
+    if (!KNOWN.has(key)) throw invalidArg(`unknown option ${show(key)}; the options are ${[...KNOWN].join(', ')}`);
+  }
+  const name = o.name ?? 'default';
+  if (typeof name !== 'string' || !BUS_NAME.test(name)) {
+    throw invalidArg(`name must match ${BUS_NAME} (letters, digits, '_', '.', '-'), got ${show(name)}`);
+  }
+  if (name === '.' || name === '..') throw invalidArg(`name can't be ${show(name)}`);
+  const id = o.id === undefined ? defaultId() : checkMemberId(o.id);
+
+  let transport = o.transport ?? 'auto';
+  const envTransport = process.env.SHMBUS_TRANSPORT;
+  if (envTransport !== undefined && envTransport !== '') {
+    if (!TRANSPORTS.includes(envTransport)) {
+      throw invalidArg(`SHMBUS_TRANSPORT must be one of ${TRANSPORTS.join(', ')}, got ${show(envTransport)}`);
+    }
+    transport = envTransport as ResolvedOptions['transport'];
+  } else if (typeof transport !== 'string' || !TRANSPORTS.includes(transport)) {
+    throw invalidArg(`transport must be one of ${TRANSPORTS.join(', ')}, got ${show(transport)}`);
+  }
+
+  const codec = o.codec ?? 'v8';
+  if (typeof codec !== 'string' || !Object.hasOwn(codecs, codec)) {
+    throw invalidArg(`codec must be one of ${Object.keys(codecs).join(', ')}, got ${show(codec)}`);
+  }
+
+  return {
+    name,
+    id,
+    transport,
+    codec,
+    requestTimeout: positiveInt(o.requestTimeout, 'requestTimeout', 30_000),
+    maxMessageSize: positiveInt(o.maxMessageSize, 'maxMessageSize', 64 * 2 ** 20),
+    maxQueueBytes: positiveInt(o.maxQueueBytes, 'maxQueueBytes', 64 * 2 ** 20),
+    shm: section(o.shm, 'shm'),
+    process: section(o.process, 'process'),
+    nats: section(o.nats, 'nats'),
+  };
+}
+
+/** Orders ids as peers() promises: numbers ascending, then strings. */
+export function compareIds(a: MemberId, b: MemberId): number {
+  if (typeof a === 'number') return typeof b === 'number' ? a - b : -1;
+  if (typeof b === 'number') return 1;
+  return a < b ? -1 : a > b ? 1 : 0;
+}

@@ -1,0 +1,467 @@
+/**
+ * The process transport: Node's own IPC channel. The cluster primary or `child_process.fork`
+ * parent that opens a bus is its hub; its IPC children that open a bus of the same name join it,
+ * and the hub relays frames between them. Works wherever Node does; slower than shm.
+ *
+ * Envelopes on the channel are objects tagged with `__shmbus` so that an application's own
+ * `process.on('message')` can tell them apart. Frames travel as Buffers on an 'advanced'
+ * channel and as base64 strings on a 'json' one (where a Buffer would become an array of numbers).
+ */
+import type { ChildProcess } from 'node:child_process';
+import * as diagnostics from 'node:diagnostics_channel';
+import { debuglog } from 'node:util';
+import { ShmbusError, invalidArg } from '../errors';
+import { clusterRole, isMemberId, show } from '../options';
+import type { MemberId, Transport, TransportContext } from './transport';
+
+const debug = debuglog('shmbus');
+const TAG = '__shmbus';
+const PROTOCOL = 1;
+
+type Wire = string | Uint8Array;
+
+/** Every envelope: hello/welcome/refuse/join/leave/bye for membership, f for frames, a for acks. */
+interface Envelope {
+  [TAG]: number;
+  t: 'hello' | 'welcome' | 'refuse' | 'join' | 'leave' | 'bye' | 'f' | 'a';
+  b: string;
+  id?: MemberId;
+  ids?: MemberId[];
+  to?: MemberId | MemberId[];
+  from?: MemberId;
+  d?: Wire;
+  n?: number;
+  json?: boolean;
+  code?: string;
+  message?: string;
+}
+
+function envelope(t: Envelope['t'], bus: string, fields: Partial<Envelope> = {}): Envelope {
+  return { [TAG]: PROTOCOL, t, b: bus, ...fields };
+}
+
+function isEnvelope(value: unknown): value is Envelope {
+  const e = value as Envelope;
+  return typeof e === 'object' && e !== null && e[TAG] === PROTOCOL && typeof e.t === 'string' && typeof e.b === 'string';
+}
+
+function toWire(frame: Buffer, json: boolean): Wire {
+  return json ? frame.toString('base64') : frame;
+}
+
+function fromWire(d: unknown): Buffer | undefined {
+  if (typeof d === 'string') return Buffer.from(d, 'base64');
+  if (d instanceof Uint8Array) return Buffer.from(d.buffer, d.byteOffset, d.byteLength);
+  return undefined;
+}
+
+const thisChannelIsJson = process.env.NODE_CHANNEL_SERIALIZATION_MODE !== 'advanced';
+
+/** The members' side of flow control: bytes sent to each member and not yet acknowledged by it. */
+class Outstanding {
+  private readonly bytes = new Map<MemberId, number>();
+  add(id: MemberId, n: number): void {
+    this.bytes.set(id, (this.bytes.get(id) ?? 0) + n);
+  }
+  /** Returns true when something went down. */
+  ack(id: MemberId, n: number): boolean {
+    const now = this.bytes.get(id);
+    if (now === undefined || !(n > 0)) return false;
+    if (now <= n) this.bytes.delete(id);
+    else this.bytes.set(id, now - n);
+    return true;
+  }
+  get(id: MemberId): number {
+    return this.bytes.get(id) ?? 0;
+  }
+  forget(id: MemberId): void {
+    this.bytes.delete(id);
+  }
+}
+
+/** Acknowledges taken bytes once per turn of the loop, per sender. */
+class Acker {
+  private readonly taken = new Map<MemberId, number>();
+  private scheduled = false;
+  constructor(private readonly sendAck: (to: MemberId, n: number) => void) {}
+  took(from: MemberId, n: number): void {
+    this.taken.set(from, (this.taken.get(from) ?? 0) + n);
+    if (!this.scheduled) {
+      this.scheduled = true;
+      setImmediate(() => this.flush());
+    }
+  }
+  private flush(): void {
+    this.scheduled = false;
+    for (const [from, n] of this.taken) this.sendAck(from, n);
+    this.taken.clear();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The hub side: every IPC child of this process, watched from the moment it is made.
+
+interface ChildLink {
+  child: ChildProcess;
+  json: boolean;
+}
+
+/** Hellos from children for buses this process has not opened (yet), by bus name. */
+const waitingHellos = new Map<string, Map<ChildProcess, Envelope>>();
+const hubs = new Map<string, HubTransport>();
+const watched = new WeakSet<ChildProcess>();
+
+function watchChild(child: ChildProcess): void {
+  if (watched.has(child)) return;
+  watched.add(child);
+  child.on('message', (message: unknown) => {
+    if (!isEnvelope(message)) return;
+    const hub = hubs.get(message.b);
+    if (hub) return hub.fromChild(child, message);
+    if (message.t === 'hello') {
+      let waiting = waitingHellos.get(message.b);
+      if (!waiting) waitingHellos.set(message.b, (waiting = new Map()));
+      waiting.set(child, message);
+    } else if (message.t === 'bye') {
+      waitingHellos.get(message.b)?.delete(child);
+    }
+  });
+  const gone = () => {
+    for (const waiting of waitingHellos.values()) waiting.delete(child);
+    for (const hub of hubs.values()) hub.childGone(child);
+  };
+  child.once('exit', gone);
+  child.once('disconnect', gone);
+}
+
+diagnostics.subscribe('child_process', (message) => {
+  const child = (message as { process?: ChildProcess }).process;
+  if (child) watchChild(child);
+});
+
+/** Cluster workers forked before this module loaded. */
+function watchExistingWorkers(): void {
+  const { cluster, primary } = clusterRole();
+  if (!primary || !cluster) return;
+  for (const worker of Object.values(cluster.workers ?? {})) if (worker) watchChild(worker.process);
+}
+
+class HubTransport implements Transport {
+  readonly name = 'process' as const;
+  private readonly bus: string;
+  private readonly id: MemberId;
+  private readonly members = new Map<MemberId, ChildLink>();
+  private readonly idOf = new Map<ChildProcess, MemberId>();
+  private readonly outstanding = new Outstanding();
+  private readonly acker: Acker;
+  private open_ = false;
+
+  constructor(private readonly ctx: TransportContext) {
+    this.bus = ctx.busName;
+    this.id = ctx.id;
+    this.acker = new Acker((to, n) => this.route(to, envelope('a', this.bus, { from: this.id, n }), null));
+  }
+
+  async open(): Promise<void> {
+    if (hubs.has(this.bus)) {
+      throw new ShmbusError('ERR_SHMBUS_DUPLICATE_ID', `this process already has bus ${show(this.bus)} open`);
+    }
+    hubs.set(this.bus, this);
+    this.open_ = true;
+    const { cluster, primary } = clusterRole();
+    // Frames are Buffers: an 'advanced' channel carries them as bytes, a JSON one as base64 text.
+    if (primary && cluster && cluster.settings.serialization === undefined) cluster.setupPrimary({ serialization: 'advanced' });
+    watchExistingWorkers();
+    const waiting = waitingHellos.get(this.bus);
+    waitingHellos.delete(this.bus);
+    for (const [child, hello] of waiting ?? []) this.fromChild(child, hello);
+  }
+
+  async close(): Promise<void> {
+    if (!this.open_) return;
+    this.open_ = false;
+    hubs.delete(this.bus);
+    for (const { child } of this.members.values()) post(child, envelope('leave', this.bus, { id: this.id }));
+    for (const { child } of this.members.values()) post(child, envelope('bye', this.bus));
+    this.members.clear();
+    this.idOf.clear();
+  }
+
+  peers(): MemberId[] {
+    return [...this.members.keys()];
+  }
+
+  send(targets: readonly MemberId[], head: Uint8Array, body: Uint8Array): void {
+    const frame = Buffer.concat([head, body]);
+    let base64: string | undefined;
+    for (const to of targets) {
+      const link = this.members.get(to);
+      if (!link) continue;
+      const d = link.json ? (base64 ??= frame.toString('base64')) : frame;
+      this.outstanding.add(to, frame.length);
+      post(link.child, envelope('f', this.bus, { from: this.id, d }));
+    }
+  }
+
+  queuedBytes(to: MemberId): number {
+    return this.outstanding.get(to);
+  }
+
+  // The hub's own IPC links to its children don't hold the loop: the children do.
+  ref(): void {}
+  unref(): void {}
+
+  /** An envelope from one of this process's children. */
+  fromChild(child: ChildProcess, e: Envelope): void {
+    if (!this.open_) return;
+    const from = this.idOf.get(child);
+    switch (e.t) {
+      case 'hello':
+        return this.hello(child, e);
+      case 'bye':
+        if (from !== undefined) this.remove(from);
+        return;
+      case 'f': {
+        if (from === undefined) return;
+        const targets = Array.isArray(e.to) ? e.to : [e.to];
+        let frame: Buffer | undefined;
+        for (const to of targets) {
+          if (to === this.id) {
+            frame ??= fromWire(e.d);
+            if (!frame) return this.ctx.host.error(new ShmbusError('ERR_SHMBUS_PROTOCOL', `member ${show(from)} sent a frame in an unknown form`));
+            this.ctx.host.frame(from, frame);
+            this.acker.took(from, frame.length);
+          } else if (to !== from && isMemberId(to)) {
+            this.route(to, envelope('f', this.bus, { from, d: e.d }), e.d);
+          }
+        }
+        return;
+      }
+      case 'a': {
+        if (from === undefined || !isMemberId(e.to)) return;
+        if (e.to === this.id) {
+          if (this.outstanding.ack(from, Number(e.n))) this.ctx.host.writable();
+        } else {
+          this.route(e.to, envelope('a', this.bus, { from, n: e.n }), null);
+        }
+        return;
+      }
+    }
+  }
+
+  /** Sends `e` to member `to` through its child link, re-encoding a frame for its channel. */
+  private route(to: MemberId, e: Envelope, d: unknown): void {
+    const link = this.members.get(to);
+    if (!link) return;
+    if (d !== null && d !== undefined) {
+      const isString = typeof d === 'string';
+      if (isString !== link.json) {
+        const frame = fromWire(d);
+        if (!frame) return;
+        e.d = toWire(frame, link.json);
+      }
+    }
+    post(link.child, e);
+  }
+
+  private hello(child: ChildProcess, e: Envelope): void {
+    const id = e.id;
+    if (!isMemberId(id)) {
+      return post(child, envelope('refuse', this.bus, { code: 'ERR_SHMBUS_INVALID_ARG', message: `${show(id)} is not a member id` }));
+    }
+    const known = this.idOf.get(child);
+    if (known !== undefined && known !== id) this.remove(known);
+    if (id === this.id || (this.members.has(id) && this.members.get(id)!.child !== child)) {
+      return post(child, envelope('refuse', this.bus, { code: 'ERR_SHMBUS_DUPLICATE_ID', message: `member ${show(id)} of bus ${show(this.bus)} is alive` }));
+    }
+    const others = [this.id, ...[...this.members.keys()].filter((m) => m !== id)];
+    this.members.set(id, { child, json: e.json !== false });
+    this.idOf.set(child, id);
+    post(child, envelope('welcome', this.bus, { ids: others }));
+    for (const [m, link] of this.members) if (m !== id) post(link.child, envelope('join', this.bus, { id }));
+    debug('process hub %s: %s joined', this.bus, id);
+    this.ctx.host.join(id);
+  }
+
+  childGone(child: ChildProcess): void {
+    const id = this.idOf.get(child);
+    if (id !== undefined) this.remove(id);
+  }
+
+  private remove(id: MemberId): void {
+    const link = this.members.get(id);
+    if (!link) return;
+    this.members.delete(id);
+    this.idOf.delete(link.child);
+    this.outstanding.forget(id);
+    for (const other of this.members.values()) post(other.child, envelope('leave', this.bus, { id }));
+    debug('process hub %s: %s left', this.bus, id);
+    this.ctx.host.leave(id);
+  }
+}
+
+function post(target: ChildProcess | NodeJS.Process, e: Envelope): void {
+  if (!target.connected || !target.send) return;
+  try {
+    target.send(e);
+  } catch (err) {
+    debug('process transport: send failed: %s', (err as Error).message);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The member side: a process whose parent is the hub.
+
+class MemberTransport implements Transport {
+  readonly name = 'process' as const;
+  private readonly bus: string;
+  private readonly members = new Set<MemberId>();
+  private readonly outstanding = new Outstanding();
+  private readonly acker: Acker;
+  private readonly handshakeTimeout: number;
+  private joined = false;
+  private closed = false;
+  private onWelcome?: (err?: Error) => void;
+  private readonly listener = (message: unknown) => this.fromHub(message);
+  private readonly disconnected = () => this.hubGone();
+
+  constructor(private readonly ctx: TransportContext) {
+    this.bus = ctx.busName;
+    this.acker = new Acker((to, n) => post(process, envelope('a', this.bus, { to, n })));
+    const t = ctx.options.handshakeTimeout ?? 1000;
+    if (typeof t !== 'number' || !(t > 0)) throw invalidArg(`process.handshakeTimeout must be a number of ms above 0, got ${show(t)}`);
+    this.handshakeTimeout = t;
+  }
+
+  async open(): Promise<void> {
+    process.on('message', this.listener);
+    process.on('disconnect', this.disconnected);
+    const answered = new Promise<Error | undefined>((resolve) => {
+      const timer = setTimeout(() => resolve(undefined), this.handshakeTimeout);
+      this.onWelcome = (err) => {
+        clearTimeout(timer);
+        resolve(err);
+      };
+    });
+    post(process, envelope('hello', this.bus, { id: this.ctx.id, json: thisChannelIsJson }));
+    const err = await answered;
+    if (err) {
+      this.detach();
+      throw err;
+    }
+    if (!this.joined) {
+      process.emitWarning(
+        `shmbus: the parent process did not answer for bus ${show(this.bus)} within ${this.handshakeTimeout} ms; this member is on a bus of its own. ` +
+          `Open the bus in the parent (the cluster primary or the process that forks this one) before forking, or use transport 'shm'.`,
+        { code: 'SHMBUS_NO_HUB' },
+      );
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    post(process, envelope('bye', this.bus));
+    this.detach();
+    this.members.clear();
+  }
+
+  private detach(): void {
+    process.off('message', this.listener);
+    process.off('disconnect', this.disconnected);
+  }
+
+  peers(): MemberId[] {
+    return [...this.members];
+  }
+
+  send(targets: readonly MemberId[], head: Uint8Array, body: Uint8Array): void {
+    const frame = Buffer.concat([head, body]);
+    for (const to of targets) this.outstanding.add(to, frame.length);
+    post(process, envelope('f', this.bus, { to: targets.length === 1 ? targets[0] : [...targets], d: toWire(frame, thisChannelIsJson) }));
+  }
+
+  queuedBytes(to: MemberId): number {
+    return this.outstanding.get(to);
+  }
+
+  ref(): void {
+    process.channel?.ref();
+  }
+
+  unref(): void {
+    process.channel?.unref();
+  }
+
+  private fromHub(message: unknown): void {
+    if (this.closed || !isEnvelope(message) || message.b !== this.bus) return;
+    const e = message;
+    const host = this.ctx.host;
+    switch (e.t) {
+      case 'welcome': {
+        const ids = Array.isArray(e.ids) ? e.ids.filter(isMemberId) : [];
+        const late = this.onWelcome === undefined;
+        this.joined = true;
+        for (const id of ids) {
+          if (id === this.ctx.id || this.members.has(id)) continue;
+          this.members.add(id);
+          if (late) host.join(id);
+        }
+        this.onWelcome?.();
+        this.onWelcome = undefined;
+        return;
+      }
+      case 'refuse': {
+        const code = e.code === 'ERR_SHMBUS_DUPLICATE_ID' ? 'ERR_SHMBUS_DUPLICATE_ID' : 'ERR_SHMBUS_INVALID_ARG';
+        this.onWelcome?.(new ShmbusError(code, String(e.message ?? 'the hub refused this member')));
+        this.onWelcome = undefined;
+        return;
+      }
+      case 'join':
+        if (isMemberId(e.id) && e.id !== this.ctx.id && !this.members.has(e.id)) {
+          this.members.add(e.id);
+          host.join(e.id);
+        }
+        return;
+      case 'leave':
+        if (isMemberId(e.id) && this.members.delete(e.id)) {
+          this.outstanding.forget(e.id);
+          host.leave(e.id);
+        }
+        return;
+      case 'bye':
+        return this.hubGone();
+      case 'f': {
+        if (!isMemberId(e.from) || !this.members.has(e.from)) return;
+        const frame = fromWire(e.d);
+        if (!frame) return host.error(new ShmbusError('ERR_SHMBUS_PROTOCOL', `member ${show(e.from)} sent a frame in an unknown form`));
+        host.frame(e.from, frame);
+        this.acker.took(e.from, frame.length);
+        return;
+      }
+      case 'a':
+        if (isMemberId(e.from) && this.outstanding.ack(e.from, Number(e.n))) host.writable();
+        return;
+    }
+  }
+
+  /** The hub closed or this process lost its parent: every other member is out of reach. */
+  private hubGone(): void {
+    const gone = [...this.members];
+    this.members.clear();
+    for (const id of gone) {
+      this.outstanding.forget(id);
+      this.ctx.host.leave(id);
+    }
+  }
+}
+
+/**
+ * A cluster worker, or a forked child that is not itself a cluster primary, joins its parent's
+ * bus; any other process is the hub of its bus.
+ */
+export function createProcessTransport(ctx: TransportContext): Transport {
+  const hasParent = typeof process.send === 'function' && process.connected;
+  if (hasParent && !clusterRole().primary) return new MemberTransport(ctx);
+  return new HubTransport(ctx);
+}

@@ -1,0 +1,49 @@
+import { ShmbusError } from '../errors';
+import type { ResolvedOptions } from '../options';
+import type { Transport, TransportContext, TransportHost, TransportName } from './transport';
+import { createProcessTransport } from './process';
+
+let autoWarned = false;
+
+/** Picks and makes the transport that `options.transport` names ('auto': shm where it can run). */
+export async function createTransport(options: ResolvedOptions, host: TransportHost): Promise<Transport> {
+  let name: TransportName;
+  if (options.transport === 'auto') {
+    const reason = shmUnavailableReason();
+    name = reason === undefined ? 'shm' : 'process';
+    if (reason !== undefined && !autoWarned) {
+      autoWarned = true;
+      process.emitWarning(`shmbus: using the 'process' transport because the shared-memory transport can't run here: ${reason}`, { code: 'SHMBUS_FALLBACK' });
+    }
+  } else {
+    name = options.transport;
+  }
+  const ctx: TransportContext = {
+    busName: options.name,
+    id: options.id,
+    host,
+    maxMessageSize: options.maxMessageSize,
+    maxQueueBytes: options.maxQueueBytes,
+    options: options[name],
+  };
+  switch (name) {
+    case 'shm': {
+      const reason = shmUnavailableReason();
+      if (reason !== undefined) throw new ShmbusError('ERR_SHMBUS_TRANSPORT', `the shm transport can't run here: ${reason}`);
+      return require('./shm').createShmTransport(ctx);
+    }
+    case 'process':
+      return createProcessTransport(ctx);
+    case 'nats':
+      return require('./nats').createNatsTransport(ctx);
+  }
+}
+
+/** Why the shared-memory transport can't run in this process, or undefined if it can. */
+function shmUnavailableReason(): string | undefined {
+  try {
+    return require('../native').nativeUnavailableReason();
+  } catch (err) {
+    return `the native module is missing (${(err as Error).message})`;
+  }
+}
