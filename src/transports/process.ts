@@ -300,12 +300,17 @@ class HubTransport implements Transport {
   }
 }
 
+/** A write to a member that is going away fails; its 'exit' or 'disconnect' tells the bus. */
+function sendFailed(err: Error | null): void {
+  if (err) debug('process transport: send failed: %s', err.message);
+}
+
 function post(target: ChildProcess | NodeJS.Process, e: Envelope): void {
   if (!target.connected || !target.send) return;
   try {
-    target.send(e);
+    target.send(e, undefined, undefined, sendFailed);
   } catch (err) {
-    debug('process transport: send failed: %s', (err as Error).message);
+    sendFailed(err as Error);
   }
 }
 
