@@ -155,6 +155,8 @@ class HubTransport implements Transport {
   private readonly outstanding = new Outstanding();
   private readonly acker: Acker;
   private open_ = false;
+  /** An open bus holds the loop like a listening server; the hub has no handle of its own that would. */
+  private keepAlive?: NodeJS.Timeout;
 
   constructor(private readonly ctx: TransportContext) {
     this.bus = ctx.busName;
@@ -168,6 +170,7 @@ class HubTransport implements Transport {
     }
     hubs.set(this.bus, this);
     this.open_ = true;
+    this.keepAlive = setInterval(() => undefined, 2 ** 31 - 1);
     const { cluster, primary } = clusterRole();
     // Frames are Buffers: an 'advanced' channel carries them as bytes, a JSON one as base64 text.
     if (primary && cluster && cluster.settings.serialization === undefined) cluster.setupPrimary({ serialization: 'advanced' });
@@ -180,6 +183,7 @@ class HubTransport implements Transport {
   async close(): Promise<void> {
     if (!this.open_) return;
     this.open_ = false;
+    clearInterval(this.keepAlive);
     hubs.delete(this.bus);
     for (const { child } of this.members.values()) post(child, envelope('leave', this.bus, { id: this.id }));
     for (const { child } of this.members.values()) post(child, envelope('bye', this.bus));
@@ -207,9 +211,13 @@ class HubTransport implements Transport {
     return this.outstanding.get(to);
   }
 
-  // The hub's own IPC links to its children don't hold the loop: the children do.
-  ref(): void {}
-  unref(): void {}
+  ref(): void {
+    this.keepAlive?.ref();
+  }
+
+  unref(): void {
+    this.keepAlive?.unref();
+  }
 
   /** An envelope from one of this process's children. */
   fromChild(child: ChildProcess, e: Envelope): void {
