@@ -1,0 +1,380 @@
+// The Node-API glue: runs a shmbus::Member on the libuv loop of the Node environment.
+//
+// Every fd the member watches gets a uv_poll_t. While traffic is recent a uv_idle_t polls the
+// rings on every loop iteration (the idle handle makes libuv poll for I/O with a zero timeout,
+// so other I/O keeps flowing); after `spinUs` of quiet the member parks and sleeps on its
+// doorbell. Frames and events collected during one pass reach JS in one call:
+//   deliver(batch: Buffer | undefined, meta: Int32Array, count: number, extras: any[])
+// where meta holds `count` records of 4 int32 (kind, slot, a, b):
+//   0 FRAME  slot, a = offset in batch, b = length
+//   1 FRAME  slot, a = index in extras of its own Buffer
+//   2 UP     slot, a = index in extras of the peer id
+//   3 DOWN   slot, a = index in extras of the peer id
+//   4 ERROR  a = index in extras of the message, b = index of the peer id (or -1)
+//   5 READY  every member present at start() is linked
+//   6 WRITABLE  bytes queued for some peer went down
+#include <napi.h>
+#include <uv.h>
+
+#include <cstring>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "handshake.h"
+#include "member.h"
+
+namespace {
+
+using shmbus::Member;
+using shmbus::MemberOptions;
+
+constexpr size_t kMetaRecords = 1024;
+constexpr size_t kBatchBytes = 256 << 10;     // a pass's small frames share one Buffer up to this
+constexpr size_t kOwnBufferBytes = 16 << 10;  // frames from this size on get a Buffer of their own
+
+enum EventKind : int32_t {
+  kFrame = 0,
+  kFrameOwn = 1,
+  kUp = 2,
+  kDown = 3,
+  kError = 4,
+  kReady = 5,
+  kWritable = 6,
+};
+
+struct Record {
+  int32_t kind, slot, a, b;
+};
+
+class Bus;
+
+struct Watch {
+  uv_poll_t handle;
+  Bus* bus;
+  void* tag;
+};
+
+class Bus : public Napi::ObjectWrap<Bus>, public shmbus::Reactor, public shmbus::MemberEvents {
+ public:
+  static Napi::Function Init(Napi::Env env) {
+    return DefineClass(env, "Bus",
+                       {
+                           InstanceMethod<&Bus::Start>("start"),
+                           InstanceMethod<&Bus::Send>("send"),
+                           InstanceMethod<&Bus::Queued>("queued"),
+                           InstanceMethod<&Bus::Reap>("reap"),
+                           InstanceMethod<&Bus::Ref>("ref"),
+                           InstanceMethod<&Bus::Unref>("unref"),
+                           InstanceMethod<&Bus::Close>("close"),
+                       });
+  }
+
+  // new Bus({ dir, id, ringSize, spinUs, maxMessageSize, notifyBytes }, deliver)
+  Bus(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Bus>(info), member_(*this, *this) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsFunction()) {
+      Napi::TypeError::New(env, "Bus(options, deliver)").ThrowAsJavaScriptException();
+      return;
+    }
+    Napi::Object o = info[0].As<Napi::Object>();
+    options_.dir = o.Get("dir").ToString().Utf8Value();
+    options_.id = o.Get("id").ToString().Utf8Value();
+    options_.ring_capacity = static_cast<size_t>(o.Get("ringSize").ToNumber().Int64Value());
+    options_.max_message = static_cast<size_t>(o.Get("maxMessageSize").ToNumber().Int64Value());
+    options_.notify_bytes = static_cast<uint64_t>(o.Get("notifyBytes").ToNumber().Int64Value());
+    spin_ns_ = static_cast<uint64_t>(o.Get("spinUs").ToNumber().Int64Value()) * 1000;
+    deliver_ = Napi::Persistent(info[1].As<Napi::Function>());
+    meta_ = Napi::Persistent(Napi::Int32Array::New(env, kMetaRecords * 4));
+    context_ = std::make_unique<Napi::AsyncContext>(env, "shmbus");
+    napi_get_uv_event_loop(env, &loop_);
+  }
+
+  ~Bus() override { Shutdown(); }
+
+  // ---- Reactor --------------------------------------------------------------------------------
+
+  void watch(int fd, void* tag) override {
+    auto* w = new Watch;
+    w->bus = this;
+    w->tag = tag;
+    w->handle.data = w;
+    uv_poll_init(loop_, &w->handle, fd);
+    uv_poll_start(&w->handle, UV_READABLE | UV_DISCONNECT, OnPoll);
+    bool keeps_alive = fd == member_.doorbell_fd() && ref_;
+    if (!keeps_alive) uv_unref(reinterpret_cast<uv_handle_t*>(&w->handle));
+    if (fd == member_.doorbell_fd()) bell_ = w;
+    watches_[tag] = w;
+  }
+
+  void unwatch(int, void* tag) override {
+    auto it = watches_.find(tag);
+    if (it == watches_.end()) return;
+    Watch* w = it->second;
+    watches_.erase(it);
+    if (w == bell_) bell_ = nullptr;
+    uv_poll_stop(&w->handle);
+    uv_close(reinterpret_cast<uv_handle_t*>(&w->handle),
+             [](uv_handle_t* h) { delete static_cast<Watch*>(h->data); });
+  }
+
+  // ---- MemberEvents ---------------------------------------------------------------------------
+
+  void link_up(uint32_t slot, const std::string& id) override {
+    records_.push_back({kUp, static_cast<int32_t>(slot), Extra(id), 0});
+  }
+  void link_down(uint32_t slot, const std::string& id) override {
+    records_.push_back({kDown, static_cast<int32_t>(slot), Extra(id), 0});
+  }
+  void ready() override { records_.push_back({kReady, 0, 0, 0}); }
+  void error(const std::string& id, const std::string& message) override {
+    int32_t m = Extra(message);
+    records_.push_back({kError, 0, m, id.empty() ? -1 : Extra(id)});
+  }
+  void writable() override { records_.push_back({kWritable, 0, 0, 0}); }
+
+  void message(uint32_t slot, const uint8_t* data, size_t len) override {
+    if (len >= kOwnBufferBytes) {
+      Napi::Buffer<uint8_t> b = Napi::Buffer<uint8_t>::Copy(Env(), data, len);
+      if (Env().IsExceptionPending()) {
+        Env().GetAndClearPendingException();
+        error("", "out of memory for a message of " + std::to_string(len) + " bytes");
+        return;
+      }
+      records_.push_back({kFrameOwn, static_cast<int32_t>(slot), Extra(b), 0});
+      return;
+    }
+    if (batch_.size() + len > kBatchBytes && !batch_.empty()) FlushBatch();
+    records_.push_back({kFrame, static_cast<int32_t>(slot),
+                        static_cast<int32_t>(batch_.size()), static_cast<int32_t>(len)});
+    batch_.insert(batch_.end(), data, data + len);
+  }
+
+  uint8_t* begin_large(uint32_t slot, size_t total) override {
+    Napi::Buffer<uint8_t> b = Napi::Buffer<uint8_t>::New(Env(), total);
+    if (Env().IsExceptionPending()) {
+      Env().GetAndClearPendingException();
+      return nullptr;
+    }
+    large_[slot] = Napi::Persistent(static_cast<Napi::Value>(b));
+    return b.Data();
+  }
+  void end_large(uint32_t slot) override {
+    auto it = large_.find(slot);
+    if (it == large_.end()) return;
+    Napi::Value b = it->second.Value();
+    large_.erase(it);
+    records_.push_back({kFrameOwn, static_cast<int32_t>(slot), Extra(b), 0});
+  }
+  void drop_large(uint32_t slot) override { large_.erase(slot); }
+
+ private:
+  // ---- JS methods -----------------------------------------------------------------------------
+
+  // start() -> [result, message, pending]: result 0 started, 1 duplicate id, 2 failed.
+  Napi::Value Start(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    std::string err;
+    Member::StartResult r = member_.start(options_, &err);
+    if (r == Member::kStarted) {
+      started_ = true;
+      idle_ = new uv_idle_t;
+      uv_idle_init(loop_, idle_);
+      uv_unref(reinterpret_cast<uv_handle_t*>(idle_));
+      napi_add_env_cleanup_hook(env, CleanupHook, this);
+      Park();
+    }
+    Napi::Array out = Napi::Array::New(env, 3);
+    out.Set(0u, Napi::Number::New(env, r == Member::kStarted ? 0 : r == Member::kDuplicate ? 1 : 2));
+    out.Set(1u, Napi::String::New(env, err));
+    out.Set(2u, Napi::Number::New(env, static_cast<double>(member_.initial_pending())));
+    return out;
+  }
+
+  // send(slot, head, body) -> 0 sent, 1 queued outside the ring, 2 no such link, 3 link broken
+  Napi::Value Send(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!started_) return Napi::Number::New(env, 2);
+    uint32_t slot = info[0].As<Napi::Number>().Uint32Value();
+    Napi::Uint8Array head = info[1].As<Napi::Uint8Array>();
+    Napi::Uint8Array body = info[2].As<Napi::Uint8Array>();
+    shmbus::Part parts[2] = {{head.Data(), head.ByteLength()}, {body.Data(), body.ByteLength()}};
+    Member::SendResult r = member_.send(slot, parts, 2, parts[0].len + parts[1].len);
+    // A reply is likely to follow: watch the rings closely for a while.
+    GoHot();
+    return Napi::Number::New(env, r);
+  }
+
+  Napi::Value Queued(const Napi::CallbackInfo& info) {
+    uint32_t slot = info[0].As<Napi::Number>().Uint32Value();
+    return Napi::Number::New(info.Env(), static_cast<double>(member_.queued(slot)));
+  }
+
+  Napi::Value Reap(const Napi::CallbackInfo& info) {
+    std::string id = info[0].ToString().Utf8Value();
+    return Napi::Number::New(info.Env(), member_.reap(id));
+  }
+
+  Napi::Value Ref(const Napi::CallbackInfo& info) {
+    ref_ = true;
+    if (bell_ != nullptr) uv_ref(reinterpret_cast<uv_handle_t*>(&bell_->handle));
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Unref(const Napi::CallbackInfo& info) {
+    ref_ = false;
+    if (bell_ != nullptr) uv_unref(reinterpret_cast<uv_handle_t*>(&bell_->handle));
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    Shutdown();
+    return info.Env().Undefined();
+  }
+
+  // ---- loop side ------------------------------------------------------------------------------
+
+  static void OnPoll(uv_poll_t* handle, int, int) {
+    Watch* w = static_cast<Watch*>(handle->data);
+    Bus* self = w->bus;
+    if (self->closed_) return;
+    Napi::HandleScope scope(self->Env());
+    bool bell = w == self->bell_;
+    self->member_.on_readable(w->tag);
+    if (bell) {
+      if (self->spin_ns_ > 0) self->GoHot();
+      else self->Park();
+    }
+    self->Deliver();
+  }
+
+  static void OnIdle(uv_idle_t* idle) {
+    Bus* self = static_cast<Bus*>(idle->data);
+    if (self->closed_) return;
+    Napi::HandleScope scope(self->Env());
+    bool moved = self->member_.poll();
+    uint64_t now = uv_hrtime();
+    if (moved) self->last_ns_ = now;
+    self->Deliver();
+    if (self->closed_ || !self->hot_) return;
+    if (!moved && now - self->last_ns_ >= self->spin_ns_) {
+      if (self->member_.park()) {
+        self->hot_ = false;
+        uv_idle_stop(self->idle_);
+      } else {
+        self->last_ns_ = now;
+      }
+    }
+  }
+
+  void GoHot() {
+    if (spin_ns_ == 0 || closed_ || !started_) return;
+    last_ns_ = uv_hrtime();
+    if (hot_) return;
+    hot_ = true;
+    member_.unpark();
+    idle_->data = this;
+    uv_idle_start(idle_, OnIdle);
+  }
+
+  // Sleep on the doorbell; what came while we were getting ready is read first.
+  void Park() {
+    if (hot_) return;
+    while (!member_.park()) member_.poll();
+  }
+
+  int32_t Extra(const std::string& s) {
+    extras_.push_back({s, Napi::Reference<Napi::Value>()});
+    return static_cast<int32_t>(extras_.size() - 1);
+  }
+  int32_t Extra(Napi::Value v) {
+    extras_.push_back({std::string(), Napi::Persistent(v)});
+    return static_cast<int32_t>(extras_.size() - 1);
+  }
+
+  void FlushBatch() { Deliver(); }
+
+  void Deliver() {
+    if (records_.empty() || closed_) return;
+    Napi::Env env = Env();
+    std::vector<Record> records;
+    records.swap(records_);
+    std::vector<std::pair<std::string, Napi::Reference<Napi::Value>>> extras;
+    extras.swap(extras_);
+    Napi::Value batch = env.Undefined();
+    if (!batch_.empty()) batch = Napi::Buffer<uint8_t>::Copy(env, batch_.data(), batch_.size());
+    batch_.clear();
+    Napi::Value extras_js = env.Undefined();
+    if (!extras.empty()) {
+      Napi::Array a = Napi::Array::New(env, extras.size());
+      for (size_t i = 0; i < extras.size(); i++) {
+        if (extras[i].second.IsEmpty()) a.Set(i, Napi::String::New(env, extras[i].first));
+        else a.Set(i, extras[i].second.Value());
+      }
+      extras_js = a;
+    }
+    Napi::Int32Array meta = meta_.Value();
+    for (size_t i = 0; i < records.size() && !closed_; i += kMetaRecords) {
+      size_t n = records.size() - i < kMetaRecords ? records.size() - i : kMetaRecords;
+      std::memcpy(meta.Data(), &records[i], n * sizeof(Record));
+      deliver_.MakeCallback(Value(), {batch, meta, Napi::Number::New(env, double(n)), extras_js},
+                            *context_);
+      if (env.IsExceptionPending()) {
+        Napi::Error e = env.GetAndClearPendingException();
+        napi_fatal_exception(env, e.Value());
+      }
+    }
+  }
+
+  void Shutdown() {
+    if (closed_) return;
+    closed_ = true;
+    if (started_) {
+      member_.close();
+      if (idle_ != nullptr) {
+        uv_idle_stop(idle_);
+        uv_close(reinterpret_cast<uv_handle_t*>(idle_),
+                 [](uv_handle_t* h) { delete reinterpret_cast<uv_idle_t*>(h); });
+        idle_ = nullptr;
+      }
+      napi_remove_env_cleanup_hook(Env(), CleanupHook, this);
+    }
+    large_.clear();
+    records_.clear();
+    extras_.clear();
+    batch_.clear();
+  }
+
+  static void CleanupHook(void* arg) { static_cast<Bus*>(arg)->Shutdown(); }
+
+  Member member_;
+  MemberOptions options_;
+  uv_loop_t* loop_ = nullptr;
+  uv_idle_t* idle_ = nullptr;
+  Watch* bell_ = nullptr;
+  std::unordered_map<void*, Watch*> watches_;
+  Napi::FunctionReference deliver_;
+  Napi::Reference<Napi::Int32Array> meta_;
+  std::unique_ptr<Napi::AsyncContext> context_;
+  uint64_t spin_ns_ = 0;
+  uint64_t last_ns_ = 0;
+  bool hot_ = false;
+  bool ref_ = true;
+  bool started_ = false;
+  bool closed_ = false;
+  std::vector<Record> records_;
+  std::vector<std::pair<std::string, Napi::Reference<Napi::Value>>> extras_;
+  std::vector<uint8_t> batch_;
+  std::unordered_map<uint32_t, Napi::Reference<Napi::Value>> large_;
+};
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("Bus", Bus::Init(env));
+  exports.Set("protocolVersion", Napi::Number::New(env, shmbus::kProtocolVersion));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(shmbus, Init)

@@ -1,0 +1,250 @@
+#include "ring.h"
+
+#include <cstring>
+
+namespace shmbus {
+
+namespace {
+
+template <typename T>
+T load_acquire(const T* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+template <typename T>
+T load_sc(const T* p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+template <typename T>
+void store_sc(T* p, T v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
+
+void put_header(uint8_t* p, uint32_t length, uint32_t type) {
+  std::memcpy(p, &length, 4);
+  std::memcpy(p + 4, &type, 4);
+}
+
+// Copies bytes [offset, offset + len) of the concatenation of parts to dst.
+void gather(uint8_t* dst, const Part* parts, int nparts, size_t offset, size_t len) {
+  for (int i = 0; i < nparts && len > 0; i++) {
+    if (offset >= parts[i].len) {
+      offset -= parts[i].len;
+      continue;
+    }
+    size_t n = parts[i].len - offset;
+    if (n > len) n = len;
+    std::memcpy(dst, parts[i].data + offset, n);
+    dst += n;
+    len -= n;
+    offset = 0;
+  }
+}
+
+}  // namespace
+
+void ring_init(void* base, size_t capacity) {
+  auto* hdr = static_cast<RingHeader*>(base);
+  hdr->magic = kRingMagic;
+  hdr->version = kRingVersion;
+  hdr->capacity = capacity;
+  hdr->tail = 0;
+  hdr->head = 0;
+  // A new ring's consumer has not looked at it yet: treat it as parked so that the first record
+  // rings its doorbell.
+  hdr->consumer_waiting = 1;
+  hdr->producer_waiting = 0;
+}
+
+// ---- producer ---------------------------------------------------------------------------------
+
+void RingProducer::attach(void* base, size_t capacity) {
+  hdr_ = static_cast<RingHeader*>(base);
+  data_ = static_cast<uint8_t*>(base) + kRingHeaderBytes;
+  capacity_ = capacity;
+  tail_ = head_cache_ = 0;
+  corrupt_ = false;
+}
+
+bool RingProducer::read_head() {
+  uint64_t published = load_acquire(&hdr_->tail);
+  uint64_t h = load_sc(&hdr_->head);
+  // The consumer can only move head forward, in whole records, up to what was published.
+  if ((h & 7) != 0 || h - head_cache_ > published - head_cache_) {
+    corrupt_ = true;
+    return false;
+  }
+  head_cache_ = h;
+  return true;
+}
+
+uint8_t* RingProducer::reserve(size_t min_bytes, size_t max_bytes, size_t* got) {
+  for (int attempt = 0; attempt < 2; attempt++) {
+    if (attempt == 1 && !read_head()) return nullptr;
+    size_t free = capacity_ - static_cast<size_t>(tail_ - head_cache_);
+    size_t off = static_cast<size_t>(tail_ & (capacity_ - 1));
+    size_t contig = capacity_ - off;
+    if (contig >= min_bytes) {
+      if (free < min_bytes) continue;
+      size_t n = max_bytes;
+      if (n > contig) n = contig;
+      if (n > free) n = free;
+      n &= ~size_t{7};
+      tail_ += n;
+      *got = n;
+      return data_ + off;
+    }
+    if (free < contig + min_bytes) continue;
+    put_header(data_ + off, static_cast<uint32_t>(contig), kRecordPad);
+    tail_ += contig;
+    free -= contig;
+    size_t n = max_bytes < free ? max_bytes : free;
+    n &= ~size_t{7};
+    tail_ += n;
+    *got = n;
+    return data_;
+  }
+  return nullptr;
+}
+
+RingProducer::Status RingProducer::write(const Part* parts, int nparts, size_t total,
+                                         size_t* progress, size_t base) {
+  if (corrupt_) return kCorrupt;
+  const size_t max_record = ring_max_record(capacity_);
+  if (*progress == 0 && kRecordHeader + total <= max_record) {
+    size_t need = align8(kRecordHeader + total), got;
+    uint8_t* p = reserve(need, need, &got);
+    if (p == nullptr) return corrupt_ ? kCorrupt : kFull;
+    put_header(p, static_cast<uint32_t>(kRecordHeader + total), kRecordMessage);
+    gather(p + kRecordHeader, parts, nparts, 0, total);  // base is 0 here
+    *progress = total;
+    return kDone;
+  }
+  while (*progress < total) {
+    const bool first = *progress == 0;
+    const size_t hdr = kRecordHeader + (first ? 8 : 0);
+    const size_t remaining = total - *progress;
+    size_t max_bytes = align8(hdr + remaining);
+    if (max_bytes > max_record) max_bytes = max_record;
+    // Fill the space there is, in pieces no smaller than 4 KiB (or the rest of the message).
+    size_t min_bytes = align8(hdr + 4096);
+    if (min_bytes > max_bytes) min_bytes = max_bytes;
+    size_t got;
+    uint8_t* p = reserve(min_bytes, max_bytes, &got);
+    if (p == nullptr) return corrupt_ ? kCorrupt : kFull;
+    size_t payload = got - hdr;
+    if (payload > remaining) payload = remaining;
+    uint32_t type = first ? kRecordFirst : payload == remaining ? kRecordLast : kRecordMore;
+    put_header(p, static_cast<uint32_t>(hdr + payload), type);
+    if (first) {
+      uint64_t t = total;
+      std::memcpy(p + kRecordHeader, &t, 8);
+    }
+    gather(p + hdr, parts, nparts, *progress - base, payload);
+    *progress += payload;
+  }
+  return kDone;
+}
+
+bool RingProducer::commit() {
+  store_sc(&hdr_->tail, tail_);
+  if (load_sc(&hdr_->consumer_waiting) == 0) return false;
+  return __atomic_exchange_n(&hdr_->consumer_waiting, 0u, __ATOMIC_SEQ_CST) != 0;
+}
+
+uint64_t RingProducer::queued() const {
+  uint64_t h = load_sc(&hdr_->head);
+  uint64_t published = load_acquire(&hdr_->tail);
+  if ((h & 7) != 0 || h - head_cache_ > published - head_cache_) return ~uint64_t{0};
+  return tail_ - h;
+}
+
+void RingProducer::want_space() { store_sc(&hdr_->producer_waiting, 1u); }
+
+// ---- consumer ---------------------------------------------------------------------------------
+
+void RingConsumer::attach(void* base, size_t capacity, size_t max_message) {
+  hdr_ = static_cast<RingHeader*>(base);
+  data_ = static_cast<const uint8_t*>(base) + kRingHeaderBytes;
+  capacity_ = capacity;
+  max_message_ = max_message;
+  head_ = 0;
+  large_ = nullptr;
+}
+
+RingConsumer::Status RingConsumer::fail(const char* what) {
+  error_ = what;
+  large_ = nullptr;
+  return kCorrupt;
+}
+
+bool RingConsumer::has_data() const { return load_acquire(&hdr_->tail) != head_; }
+
+void RingConsumer::set_waiting(bool on) { store_sc(&hdr_->consumer_waiting, on ? 1u : 0u); }
+
+bool RingConsumer::take_producer_waiting() {
+  if (load_sc(&hdr_->producer_waiting) == 0) return false;
+  return __atomic_exchange_n(&hdr_->producer_waiting, 0u, __ATOMIC_SEQ_CST) != 0;
+}
+
+RingConsumer::Status RingConsumer::drain(FrameSink& sink, size_t max_bytes, size_t* got) {
+  *got = 0;
+  if (!error_.empty()) return kCorrupt;
+  const uint64_t tail = load_acquire(&hdr_->tail);
+  if ((tail & 7) != 0 || tail - head_ > capacity_) return fail("tail index out of range");
+  size_t bytes = 0;
+  size_t count = 0;
+  while (head_ != tail && bytes < max_bytes) {
+    const size_t off = static_cast<size_t>(head_ & (capacity_ - 1));
+    const size_t avail = static_cast<size_t>(tail - head_);
+    const uint8_t* p = data_ + off;
+    uint32_t length, type;
+    std::memcpy(&length, p, 4);
+    std::memcpy(&type, p + 4, 4);
+    if (length < kRecordHeader) return fail("record length below header size");
+    const size_t span = align8(length);
+    if (span > avail || off + span > capacity_) return fail("record past committed data");
+    const size_t payload = length - kRecordHeader;
+    switch (type) {
+      case kRecordPad:
+        if (off + span != capacity_) return fail("pad record before the end of the ring");
+        break;
+      case kRecordMessage:
+        if (large_ != nullptr) return fail("whole message inside a fragmented one");
+        sink.message(p + kRecordHeader, payload);
+        break;
+      case kRecordFirst: {
+        if (large_ != nullptr) return fail("fragment start inside a fragmented message");
+        if (payload < 8) return fail("short first fragment");
+        uint64_t total;
+        std::memcpy(&total, p + kRecordHeader, 8);
+        const size_t n = payload - 8;
+        if (total > max_message_) return fail("fragmented message larger than the limit");
+        if (total <= n) return fail("first fragment holds the whole message");
+        large_ = sink.begin_large(static_cast<size_t>(total));
+        if (large_ == nullptr) return fail("cannot allocate a buffer for a large message");
+        std::memcpy(large_, p + kRecordHeader + 8, n);
+        large_total_ = static_cast<size_t>(total);
+        large_filled_ = n;
+        break;
+      }
+      case kRecordMore:
+      case kRecordLast:
+        if (large_ == nullptr) return fail("fragment outside a fragmented message");
+        if (payload > large_total_ - large_filled_) return fail("fragment past message end");
+        std::memcpy(large_ + large_filled_, p + kRecordHeader, payload);
+        large_filled_ += payload;
+        if (type == kRecordLast) {
+          if (large_filled_ != large_total_) return fail("last fragment before message end");
+          large_ = nullptr;
+          sink.end_large();
+        }
+        break;
+      default:
+        return fail("unknown record type");
+    }
+    head_ += span;
+    bytes += span;
+    count++;
+    // Free big records at once so the producer can go on writing while we copy.
+    if (span >= 4096) store_sc(&hdr_->head, head_);
+  }
+  store_sc(&hdr_->head, head_);
+  *got = count;
+  return kOk;
+}
+
+}  // namespace shmbus

@@ -1,0 +1,143 @@
+// Single-producer single-consumer ring in shared memory (Agrona's ring layout).
+//
+// The mapping is a RingHeader followed by `capacity` bytes of records. A record is
+// {u32 length, u32 type} + payload, 8-byte aligned; `length` counts the 8-byte header and the
+// payload, not the alignment. A record never crosses the end: a PAD record fills the rest.
+// The producer publishes records by storing `tail` with release order; the consumer frees them
+// by storing `head`. Both indices only grow; their offset is index & (capacity - 1).
+//
+// Everything in the mapping can be written by the other process at any time, so each side keeps
+// its own index locally and checks every value it reads from the other (a corrupt ring is
+// reported, never followed out of bounds).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace shmbus {
+
+constexpr uint32_t kRingMagic = 0x53484d52;  // "RMHS"
+constexpr uint32_t kRingVersion = 1;
+constexpr size_t kRingHeaderBytes = 1024;
+constexpr size_t kRingMinCapacity = 4096;
+constexpr size_t kRingMaxCapacity = size_t{1} << 30;
+constexpr size_t kRecordHeader = 8;
+
+struct RingHeader {
+  alignas(128) uint32_t magic;
+  uint32_t version;
+  uint64_t capacity;
+  alignas(128) uint64_t tail;               // written by the producer
+  alignas(128) uint64_t head;               // written by the consumer
+  alignas(128) uint32_t consumer_waiting;   // consumer is parked: ring its doorbell
+  alignas(128) uint32_t producer_waiting;   // producer waits for space: ring its doorbell
+};
+static_assert(sizeof(RingHeader) <= kRingHeaderBytes, "ring header too large");
+
+enum RecordType : uint32_t {
+  kRecordPad = 1,
+  kRecordMessage = 2,  // a whole message
+  kRecordFirst = 3,    // u64 total length, then the first bytes of a fragmented message
+  kRecordMore = 4,
+  kRecordLast = 5,
+};
+
+inline bool ring_capacity_ok(size_t capacity) {
+  return capacity >= kRingMinCapacity && capacity <= kRingMaxCapacity &&
+         (capacity & (capacity - 1)) == 0;
+}
+inline size_t ring_mapping_bytes(size_t capacity) { return kRingHeaderBytes + capacity; }
+inline size_t align8(size_t n) { return (n + 7) & ~size_t{7}; }
+
+// The largest record either side writes or accepts as one piece of a message.
+inline size_t ring_max_record(size_t capacity) {
+  size_t r = capacity / 4;
+  return r > (size_t{256} << 10) ? (size_t{256} << 10) : r;
+}
+
+// Initialises a fresh (zero-filled) mapping; only the producer that created it calls this.
+void ring_init(void* base, size_t capacity);
+
+struct Part {
+  const uint8_t* data;
+  size_t len;
+};
+
+class RingProducer {
+ public:
+  enum Status { kDone, kFull, kCorrupt };
+
+  void attach(void* base, size_t capacity);
+  bool attached() const { return hdr_ != nullptr; }
+
+  // Writes message bytes [*progress, total) as records, as far as space allows, advancing
+  // *progress. The concatenation of parts holds the message's bytes from `base` on
+  // (base <= *progress). kDone when all of it is in the ring. Records become visible to the
+  // consumer at commit().
+  Status write(const Part* parts, int nparts, size_t total, size_t* progress, size_t base = 0);
+  // Publishes what write() put in the ring. Returns true if the consumer is parked and must be
+  // woken (the flag is cleared, so one wake-up per park).
+  bool commit();
+  // Bytes in the ring not yet freed by the consumer; ~0 if the consumer's index is corrupt.
+  uint64_t queued() const;
+  // Asks the consumer to ring our doorbell when it frees space. The caller looks at the ring
+  // again afterwards: space freed just before the flag was set brings no wake-up.
+  void want_space();
+  bool corrupt() const { return corrupt_; }
+
+ private:
+  uint8_t* reserve(size_t min_bytes, size_t max_bytes, size_t* got);
+  bool read_head();
+
+  RingHeader* hdr_ = nullptr;
+  uint8_t* data_ = nullptr;
+  size_t capacity_ = 0;
+  uint64_t tail_ = 0;
+  uint64_t head_cache_ = 0;
+  bool corrupt_ = false;
+};
+
+// Receives what RingConsumer::drain reads. Pointers passed to message() are valid only during
+// the call.
+class FrameSink {
+ public:
+  virtual ~FrameSink() = default;
+  virtual void message(const uint8_t* data, size_t len) = 0;
+  // A fragmented message of `total` bytes begins: return where to assemble it, nullptr to refuse.
+  virtual uint8_t* begin_large(size_t total) = 0;
+  virtual void end_large() = 0;
+};
+
+class RingConsumer {
+ public:
+  enum Status { kOk, kCorrupt };
+
+  void attach(void* base, size_t capacity, size_t max_message);
+  bool attached() const { return hdr_ != nullptr; }
+
+  // Reads committed records (at most about max_bytes of them) into sink. *got = records read.
+  Status drain(FrameSink& sink, size_t max_bytes, size_t* got);
+  // Whether committed records wait to be read (a corrupt tail counts as data: drain reports it).
+  bool has_data() const;
+  void set_waiting(bool on);
+  // True if the producer asked for space and is to be woken (clears its flag).
+  bool take_producer_waiting();
+  const std::string& error() const { return error_; }
+  bool assembling() const { return large_ != nullptr; }
+
+ private:
+  Status fail(const char* what);
+
+  RingHeader* hdr_ = nullptr;
+  const uint8_t* data_ = nullptr;
+  size_t capacity_ = 0;
+  size_t max_message_ = 0;
+  uint64_t head_ = 0;
+  uint8_t* large_ = nullptr;
+  size_t large_total_ = 0;
+  size_t large_filled_ = 0;
+  std::string error_;
+};
+
+}  // namespace shmbus
