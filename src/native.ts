@@ -1,0 +1,80 @@
+/**
+ * The one loader of the native addon (the shared-memory transport's core). It never throws:
+ * callers get the addon or the reason it can't be had, naming the cause and the fix.
+ */
+import * as path from 'node:path';
+
+/** Records handed to a NativeBus's deliver callback: see native/binding.cc. */
+export const enum NativeEvent {
+  FRAME = 0,
+  FRAME_OWN = 1,
+  UP = 2,
+  DOWN = 3,
+  ERROR = 4,
+  READY = 5,
+  WRITABLE = 6,
+}
+
+export interface NativeBusOptions {
+  /** The bus directory (already created and checked). */
+  dir: string;
+  /** This member's id as its file name: String(id). */
+  id: string;
+  ringSize: number;
+  spinUs: number;
+  maxMessageSize: number;
+  /** Queued bytes from which the member asks a peer to say when it has taken some. */
+  notifyBytes: number;
+}
+
+export type NativeDeliver = (
+  batch: Buffer | undefined,
+  meta: Int32Array,
+  count: number,
+  extras: Array<Buffer | string> | undefined,
+) => void;
+
+export interface NativeBus {
+  /** [0 started | 1 duplicate id | 2 failed, message, links still being made]. */
+  start(): [number, string, number];
+  /** 0 in the ring, 1 queued outside it, 2 no such link, 3 link broken. */
+  send(slot: number, head: Uint8Array, body: Uint8Array): number;
+  queued(slot: number): number;
+  /** Removes a dead member's socket file: 1 removed, 0 none, -1 its id is held. */
+  reap(id: string): number;
+  ref(): void;
+  unref(): void;
+  close(): void;
+}
+
+export interface NativeAddon {
+  Bus: new (options: NativeBusOptions, deliver: NativeDeliver) => NativeBus;
+  protocolVersion: number;
+}
+
+let cached: { addon: NativeAddon } | { reason: string } | undefined;
+
+/** The addon, or why it can't load here. */
+export function loadNative(): { addon: NativeAddon } | { reason: string } {
+  if (cached !== undefined) return cached;
+  if (process.platform !== 'linux') {
+    cached = { reason: `the shared-memory transport runs on Linux only, not on ${process.platform}; use transport 'process' or 'nats'` };
+    return cached;
+  }
+  const root = path.resolve(__dirname, '..');
+  try {
+    cached = { addon: require('node-gyp-build')(root) as NativeAddon };
+  } catch (err) {
+    const message = (err as Error).message.split('\n')[0];
+    cached = {
+      reason: `the native addon did not load (${message}); build it with \`npm rebuild shmbus\` (needs make, g++ and python3), or use transport 'process'`,
+    };
+  }
+  return cached;
+}
+
+/** Why the native addon can't be used in this process, or undefined when it can. */
+export function nativeUnavailableReason(): string | undefined {
+  const r = loadNative();
+  return 'reason' in r ? r.reason : undefined;
+}

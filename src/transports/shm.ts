@@ -1,0 +1,252 @@
+/**
+ * The shared-memory transport: one SPSC ring per ordered pair of members, in memfds, with an
+ * eventfd doorbell per member and a Unix socket per pair for the handshake and for liveness.
+ * The work is in native/ (see native/member.h); this file checks the options and the bus
+ * directory, and turns the addon's batches into TransportHost calls.
+ *
+ * A bus is the directory <root>/<busName>/, mode 0700, where <root> is the `dir` option, else
+ * $SHMBUS_DIR, else $XDG_RUNTIME_DIR/shmbus-<uid> or <tmpdir>/shmbus-<uid>.
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { ShmbusError, invalidArg } from '../errors';
+import { loadNative, NativeEvent, type NativeBus } from '../native';
+import type { MemberId, Transport, TransportContext } from './transport';
+
+/** Bytes per ring (one ring per ordered pair of members). */
+export const DEFAULT_RING_SIZE = 1 << 20;
+/** How long after the last traffic a member keeps polling its rings before it sleeps, in µs. */
+export const DEFAULT_SPIN_US = 50;
+/** open() waits this long for a member that accepted our connection to answer the handshake. */
+const HANDSHAKE_TIMEOUT_MS = 5000;
+/** A dead member's lock can outlive its sockets by a moment: look again at these delays. */
+const REAP_RETRY_MS = [10, 50, 200, 1000];
+
+const OPTION_NAMES = new Set(['dir', 'ringSize', 'spinUs']);
+
+interface ShmOptions {
+  root: string;
+  ringSize: number;
+  spinUs: number;
+}
+
+function checkOptions(raw: Record<string, unknown>): ShmOptions {
+  for (const key of Object.keys(raw)) {
+    if (!OPTION_NAMES.has(key)) throw invalidArg(`unknown shm option '${key}'; known: dir, ringSize, spinUs`);
+  }
+  let root: string;
+  if (raw.dir !== undefined) {
+    if (typeof raw.dir !== 'string' || raw.dir === '' || raw.dir.includes('\0')) throw invalidArg('shm.dir must be a non-empty path');
+    root = path.resolve(raw.dir);
+  } else if (process.env.SHMBUS_DIR) {
+    root = path.resolve(process.env.SHMBUS_DIR);
+  } else {
+    root = path.join(process.env.XDG_RUNTIME_DIR || os.tmpdir(), `shmbus-${process.getuid?.() ?? 0}`);
+  }
+  const ringSize = raw.ringSize ?? DEFAULT_RING_SIZE;
+  if (typeof ringSize !== 'number' || !Number.isInteger(ringSize) || ringSize < 4096 || ringSize > 2 ** 30 || (ringSize & (ringSize - 1)) !== 0) {
+    throw invalidArg(`shm.ringSize must be a power of two from 4096 to 2^30 bytes, not ${String(ringSize)}`);
+  }
+  const spinUs = raw.spinUs ?? DEFAULT_SPIN_US;
+  if (typeof spinUs !== 'number' || !Number.isInteger(spinUs) || spinUs < 0 || spinUs > 1_000_000) {
+    throw invalidArg(`shm.spinUs must be an integer from 0 (never spin) to 1000000, not ${String(spinUs)}`);
+  }
+  return { root, ringSize, spinUs };
+}
+
+/** Creates `dir` if needed (mode 0700) and refuses it unless it is ours alone. */
+function ensurePrivateDir(dir: string, what: string, exactMode: boolean): void {
+  try {
+    fs.mkdirSync(dir, { mode: 0o700 });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') {
+      throw new ShmbusError('ERR_SHMBUS_TRANSPORT', `can't create the ${what} ${dir}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+  const st = fs.lstatSync(dir);
+  const uid = process.getuid?.() ?? 0;
+  const fix = `remove it or set shm.dir / SHMBUS_DIR to a directory of your own`;
+  if (st.isSymbolicLink()) throw new ShmbusError('ERR_SHMBUS_TRANSPORT', `the ${what} ${dir} is a symlink; ${fix}`);
+  if (!st.isDirectory()) throw new ShmbusError('ERR_SHMBUS_TRANSPORT', `the ${what} ${dir} is not a directory; ${fix}`);
+  if (st.uid !== uid) throw new ShmbusError('ERR_SHMBUS_TRANSPORT', `the ${what} ${dir} belongs to uid ${st.uid}, not ${uid}; ${fix}`);
+  const mode = st.mode & 0o777;
+  if (exactMode ? mode !== 0o700 : (mode & 0o022) !== 0) {
+    throw new ShmbusError('ERR_SHMBUS_TRANSPORT', `the ${what} ${dir} has mode ${mode.toString(8)}; it must be 700 (chmod 700 ${dir})`);
+  }
+}
+
+function parseId(name: string): MemberId {
+  return /^\d+$/.test(name) ? Number(name) : name;
+}
+
+export class ShmTransport implements Transport {
+  readonly name = 'shm' as const;
+  private readonly ctx: TransportContext;
+  private readonly options: ShmOptions;
+  private native?: NativeBus;
+  private readonly idBySlot = new Map<number, MemberId>();
+  private readonly slotById = new Map<string, number>();
+  private readonly reapTimers = new Set<NodeJS.Timeout>();
+  private refed = true;
+  private closed = false;
+  private onReady?: () => void;
+
+  constructor(ctx: TransportContext) {
+    this.ctx = ctx;
+    this.options = checkOptions(ctx.options ?? {});
+  }
+
+  /** The bus directory this member uses. */
+  get dir(): string {
+    return path.join(this.options.root, this.ctx.busName);
+  }
+
+  async open(): Promise<void> {
+    const loaded = loadNative();
+    if ('reason' in loaded) throw new ShmbusError('ERR_SHMBUS_TRANSPORT', `the shm transport can't run here: ${loaded.reason}`);
+    const defaultRoot = this.ctx.options?.dir === undefined && !process.env.SHMBUS_DIR;
+    ensurePrivateDir(this.options.root, 'shmbus directory', defaultRoot);
+    ensurePrivateDir(this.dir, 'bus directory', true);
+    if (this.closed) throw new ShmbusError('ERR_SHMBUS_CLOSED', 'the transport was closed');
+
+    const native = new loaded.addon.Bus(
+      {
+        dir: this.dir,
+        id: String(this.ctx.id),
+        ringSize: this.options.ringSize,
+        spinUs: this.options.spinUs,
+        maxMessageSize: this.ctx.maxMessageSize,
+        notifyBytes: Math.max(1, Math.floor(this.ctx.maxQueueBytes / 2)),
+      },
+      (batch, meta, count, extras) => this.deliver(batch, meta, count, extras),
+    );
+    const ready = new Promise<void>((resolve) => (this.onReady = resolve));
+    const [result, message, pending] = native.start();
+    if (result === 1) {
+      native.close();
+      throw new ShmbusError('ERR_SHMBUS_DUPLICATE_ID', `member id ${String(this.ctx.id)} is held by a live member of bus '${this.ctx.busName}'`);
+    }
+    if (result !== 0) {
+      native.close();
+      throw new ShmbusError('ERR_SHMBUS_TRANSPORT', `the shm transport can't join bus '${this.ctx.busName}' in ${this.dir}: ${message}`);
+    }
+    this.native = native;
+    if (!this.refed) native.unref();
+    if (pending > 0) {
+      // A member that accepted our connection but never answers (stopped, hung) does not hold
+      // open() up for ever; if it answers later it joins as any newcomer does.
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([ready, new Promise<void>((resolve) => (timer = setTimeout(resolve, HANDSHAKE_TIMEOUT_MS)))]);
+      clearTimeout(timer);
+    }
+    this.onReady = undefined;
+    if (this.closed) throw new ShmbusError('ERR_SHMBUS_CLOSED', 'the transport was closed while opening');
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const t of this.reapTimers) clearTimeout(t);
+    this.reapTimers.clear();
+    this.native?.close();
+    this.native = undefined;
+    this.idBySlot.clear();
+    this.slotById.clear();
+    this.onReady?.();
+  }
+
+  peers(): MemberId[] {
+    return [...this.idBySlot.values()];
+  }
+
+  send(targets: readonly MemberId[], head: Uint8Array, body: Uint8Array): void {
+    const native = this.native;
+    if (native === undefined) throw new ShmbusError('ERR_SHMBUS_CLOSED', 'the shm transport is closed');
+    for (const to of targets) {
+      const slot = this.slotById.get(String(to));
+      // A link that went down inside the addon reports DOWN on its next pass; until then its
+      // frames have nowhere to go, as with any member that dies after a send.
+      if (slot !== undefined) native.send(slot, head, body);
+    }
+  }
+
+  queuedBytes(to: MemberId): number {
+    const slot = this.slotById.get(String(to));
+    return slot === undefined || this.native === undefined ? 0 : this.native.queued(slot);
+  }
+
+  ref(): void {
+    this.refed = true;
+    this.native?.ref();
+  }
+
+  unref(): void {
+    this.refed = false;
+    this.native?.unref();
+  }
+
+  private deliver(batch: Buffer | undefined, meta: Int32Array, count: number, extras: Array<Buffer | string> | undefined): void {
+    const host = this.ctx.host;
+    for (let i = 0; i < count && !this.closed; i++) {
+      const kind = meta[4 * i];
+      const slot = meta[4 * i + 1];
+      const a = meta[4 * i + 2];
+      const b = meta[4 * i + 3];
+      switch (kind) {
+        case NativeEvent.FRAME: {
+          const from = this.idBySlot.get(slot);
+          if (from !== undefined) host.frame(from, batch!.subarray(a, a + b));
+          break;
+        }
+        case NativeEvent.FRAME_OWN: {
+          const from = this.idBySlot.get(slot);
+          if (from !== undefined) host.frame(from, extras![a] as Buffer);
+          break;
+        }
+        case NativeEvent.UP: {
+          const name = extras![a] as string;
+          const id = parseId(name);
+          this.idBySlot.set(slot, id);
+          this.slotById.set(name, slot);
+          host.join(id);
+          break;
+        }
+        case NativeEvent.DOWN: {
+          const name = extras![a] as string;
+          const id = this.idBySlot.get(slot);
+          this.idBySlot.delete(slot);
+          if (this.slotById.get(name) === slot) this.slotById.delete(name);
+          if (id !== undefined && !this.slotById.has(name)) host.leave(id);
+          this.reap(name, 0);
+          break;
+        }
+        case NativeEvent.ERROR:
+          host.error(new ShmbusError('ERR_SHMBUS_PROTOCOL', `shm: ${extras![a] as string}`));
+          break;
+        case NativeEvent.READY:
+          this.onReady?.();
+          break;
+        case NativeEvent.WRITABLE:
+          host.writable();
+          break;
+      }
+    }
+  }
+
+  /** Removes a dead member's socket file once its lock is free (it may lag its sockets). */
+  private reap(name: string, attempt: number): void {
+    if (this.closed || this.native === undefined || this.slotById.has(name)) return;
+    if (this.native.reap(name) !== -1 || attempt >= REAP_RETRY_MS.length) return;
+    const timer = setTimeout(() => {
+      this.reapTimers.delete(timer);
+      this.reap(name, attempt + 1);
+    }, REAP_RETRY_MS[attempt]);
+    timer.unref();
+    this.reapTimers.add(timer);
+  }
+}
+
+export function createShmTransport(ctx: TransportContext): Transport {
+  return new ShmTransport(ctx);
+}
