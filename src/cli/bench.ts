@@ -1,0 +1,411 @@
+/**
+ * `shmbus bench`: round-trip latency and one-way throughput of every transport, side by side with
+ * what users have today (Node's child.send() on its default channel, and a raw Unix socket).
+ *
+ * This process only plans, starts one driver process per transport and codec (see member.ts),
+ * collects what the drivers print and reports it: a table on stdout, or JSON with --json.
+ * Progress always goes to stderr.
+ */
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as readline from 'node:readline';
+import { EXIT_UNAVAILABLE, type BenchCodec, type BenchTransport, type DriverLine, type MemberConfig } from './member';
+import { renderSvg } from './svg';
+
+export const TRANSPORTS: readonly BenchTransport[] = ['shm', 'process', 'nats', 'ipc', 'uds'];
+export const CODECS: readonly BenchCodec[] = ['raw', 'v8', 'json'];
+const REFERENCES = new Set<BenchTransport>(['ipc', 'uds']);
+const MAX_PAYLOAD = 64 * 2 ** 20 - 4096;
+
+export interface BenchOptions {
+  transports: BenchTransport[];
+  /** Whether the user named the transports (then one that can't run is an error). */
+  transportsGiven: boolean;
+  payloads: number[];
+  codecs: BenchCodec[];
+  /** Seconds per measured phase (round trips, then throughput) of each combination. */
+  duration: number;
+  quick: boolean;
+  json: boolean;
+  svg?: string;
+  spinUs?: number;
+}
+
+export interface Result {
+  transport: BenchTransport;
+  codec: BenchCodec;
+  payload: number;
+  rtt_us: { p50: number; p99: number; p999: number; max: number };
+  msgs_per_s: number;
+  mb_per_s: number;
+  cpu_ms: number;
+}
+
+export interface Machine {
+  node: string;
+  cpus: number;
+  platform: string;
+}
+
+export class UsageError extends Error {}
+
+export const BENCH_HELP = `Usage: shmbus bench [options]
+
+Measures, between two Node.js processes on this machine, for each transport, codec and payload:
+round-trip latency (ping-pong: p50, p99, p99.9, max in µs), one-way throughput with backpressure
+respected and every message checked (messages/s, MB/s), and the CPU time both processes used.
+
+  --transports LIST  shm, process, nats, ipc, uds (default shm,process,ipc,uds)
+                       shm, process, nats: shmbus transports (public API, sendMessage)
+                       ipc: child.send()/process.send() on Node's default JSON channel (codec json)
+                       uds: a node:net Unix socket, 4-byte length-prefixed frames (codec raw)
+  --payloads LIST    payload sizes in bytes, 8 to 64 MiB (default 64,1024,65536,1048576)
+  --codecs LIST      raw, v8, json for the shmbus transports (default raw,v8)
+  --duration S       seconds for each measured phase of each combination (default 2)
+  --quick            short phases (0.5 s): the default run takes well under a minute
+  --spin-us N        the shm transport's polling window in µs (shm: { spinUs: N }); 0 = never spin
+  --json             print the results as JSON on stdout (nothing else goes to stdout)
+  --svg FILE         also write bar charts (p50 round trip, msgs/s, MB/s) to FILE
+  --help             this text
+
+Progress goes to stderr. Exit status: 0 done, 1 a measurement failed (or a transport named in
+--transports can't run here), 2 bad options.
+`;
+
+function list(value: string, what: string): string[] {
+  const items = value.split(',').map((s) => s.trim()).filter((s) => s !== '');
+  if (items.length === 0) throw new UsageError(`${what} needs a comma-separated list`);
+  return [...new Set(items)];
+}
+
+export function parseBenchArgs(args: readonly string[]): BenchOptions | 'help' {
+  const o: BenchOptions = {
+    transports: ['shm', 'process', 'ipc', 'uds'],
+    transportsGiven: false,
+    payloads: [64, 1024, 65536, 1048576],
+    codecs: ['raw', 'v8'],
+    duration: 2,
+    quick: false,
+    json: false,
+  };
+  let durationGiven = false;
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i];
+    if (!arg.startsWith('--')) throw new UsageError(`unexpected argument ${JSON.stringify(arg)}`);
+    const eq = arg.indexOf('=');
+    const name = eq < 0 ? arg : arg.slice(0, eq);
+    const value = (): string => {
+      if (eq >= 0) return arg.slice(eq + 1);
+      const next = args[++i];
+      if (next === undefined || next.startsWith('--')) throw new UsageError(`${name} needs a value`);
+      return next;
+    };
+    const flag = (): void => {
+      if (eq >= 0) throw new UsageError(`${name} takes no value`);
+    };
+    switch (name) {
+      case '--help':
+        return 'help';
+      case '--transports':
+        o.transports = list(value(), name).map((t) => {
+          if (!TRANSPORTS.includes(t as BenchTransport)) throw new UsageError(`unknown transport ${JSON.stringify(t)}; the transports are ${TRANSPORTS.join(', ')}`);
+          return t as BenchTransport;
+        });
+        o.transportsGiven = true;
+        break;
+      case '--payloads':
+        o.payloads = list(value(), name).map((p) => {
+          const n = /^\d+$/.test(p) ? Number(p) : NaN;
+          if (!(n >= 8 && n <= MAX_PAYLOAD)) throw new UsageError(`a payload size must be a whole number of bytes from 8 to ${MAX_PAYLOAD}, got ${JSON.stringify(p)}`);
+          return n;
+        });
+        break;
+      case '--codecs':
+        o.codecs = list(value(), name).map((c) => {
+          if (!CODECS.includes(c as BenchCodec)) throw new UsageError(`unknown codec ${JSON.stringify(c)}; the codecs are ${CODECS.join(', ')}`);
+          return c as BenchCodec;
+        });
+        break;
+      case '--duration': {
+        const v = value();
+        const s = Number(v);
+        if (v.trim() === '' || !(s > 0 && s <= 3600)) throw new UsageError(`--duration must be a number of seconds above 0 and at most 3600, got ${JSON.stringify(v)}`);
+        o.duration = s;
+        durationGiven = true;
+        break;
+      }
+      case '--quick':
+        flag();
+        o.quick = true;
+        break;
+      case '--json':
+        flag();
+        o.json = true;
+        break;
+      case '--svg': {
+        const v = value();
+        if (v === '') throw new UsageError('--svg needs a file name');
+        o.svg = v;
+        break;
+      }
+      case '--spin-us': {
+        const v = value();
+        const n = /^\d+$/.test(v) ? Number(v) : NaN;
+        if (!(n >= 0 && n <= 1_000_000)) throw new UsageError(`--spin-us must be a whole number of µs from 0 to 1000000, got ${JSON.stringify(v)}`);
+        o.spinUs = n;
+        break;
+      }
+      default:
+        throw new UsageError(`unknown option ${JSON.stringify(name)}`);
+    }
+  }
+  if (o.quick && durationGiven) throw new UsageError('--quick and --duration both set the duration: use one');
+  if (o.quick) o.duration = 0.5;
+  o.payloads.sort((a, b) => a - b);
+  return o;
+}
+
+/** The codecs a transport runs with: the references have one each. */
+export function codecsOf(t: BenchTransport, codecs: readonly BenchCodec[]): BenchCodec[] {
+  if (t === 'ipc') return ['json'];
+  if (t === 'uds') return ['raw'];
+  return [...codecs];
+}
+
+export function machine(): Machine {
+  return { node: process.version, cpus: os.cpus().length, platform: `${process.platform}-${process.arch}` };
+}
+
+const round = (x: number, digits: number): number => {
+  const f = 10 ** digits;
+  return Math.round(x * f) / f;
+};
+
+function toResult(line: Extract<DriverLine, { type: 'result' }>): Result {
+  const us = (ns: number): number => round(ns / 1000, 3);
+  const msgsPerS = line.msgs / line.seconds;
+  return {
+    transport: line.transport,
+    codec: line.codec,
+    payload: line.payload,
+    rtt_us: { p50: us(line.rtt_ns.p50), p99: us(line.rtt_ns.p99), p999: us(line.rtt_ns.p999), max: us(line.rtt_ns.max) },
+    msgs_per_s: Math.round(msgsPerS),
+    mb_per_s: round((msgsPerS * line.payload) / 1e6, 2),
+    cpu_ms: round(line.cpu_ms, 1),
+  };
+}
+
+type PairOutcome = { status: 'ok' } | { status: 'unavailable'; reason: string } | { status: 'failed'; reason: string };
+
+/** Runs one driver (one transport and codec, every payload); reports each result as it comes. */
+function runPair(cfg: MemberConfig, onResult: (r: Result) => void): Promise<PairOutcome> {
+  return new Promise((resolve) => {
+    const script = path.join(__dirname, 'member.js');
+    const child = spawn(process.execPath, [script, 'driver', JSON.stringify(cfg)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let outcome: PairOutcome | null = null;
+    // A driver that prints nothing for this long is stuck (its own stall checks take 60 s).
+    const limitMs = 120_000 + (cfg.warmupMs + cfg.rttMs + cfg.tpMs) * 2;
+    let timer = setTimeout(stuck, limitMs);
+    function stuck(): void {
+      outcome ??= { status: 'failed', reason: `the driver printed nothing for ${Math.round(limitMs / 1000)} s` };
+      child.kill('SIGKILL');
+    }
+    const lines = readline.createInterface({ input: child.stdout! });
+    lines.on('line', (text) => {
+      clearTimeout(timer);
+      timer = setTimeout(stuck, limitMs);
+      let line: DriverLine;
+      try {
+        line = JSON.parse(text);
+      } catch {
+        process.stderr.write(`${cfg.transport}/${cfg.codec}: ${text}\n`);
+        return;
+      }
+      if (line.type === 'result') onResult(toResult(line));
+      else if (line.type === 'unavailable') outcome ??= { status: 'unavailable', reason: line.reason };
+      else if (line.type === 'failed') outcome ??= { status: 'failed', reason: line.reason };
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      if (!outcome && code === EXIT_UNAVAILABLE) outcome = { status: 'unavailable', reason: 'the transport could not open' };
+      if (!outcome && code !== 0) outcome = { status: 'failed', reason: `the driver exited with ${signal ?? `code ${code}`}` };
+      resolve(outcome ?? { status: 'ok' });
+    });
+  });
+}
+
+const label = (r: { transport: string; codec: string; payload: number }): string => `${r.transport}/${r.codec}/${r.payload}`;
+
+export function fmtBytes(n: number): string {
+  if (n >= 2 ** 20 && n % 2 ** 20 === 0) return `${n / 2 ** 20} MiB`;
+  if (n >= 1024 && n % 1024 === 0) return `${n / 1024} KiB`;
+  return `${n} B`;
+}
+
+export function fmtNum(x: number): string {
+  if (x >= 1e6) return `${(x / 1e6).toFixed(x >= 1e7 ? 1 : 2)}M`;
+  if (x >= 1e4) return `${(x / 1e3).toFixed(x >= 1e5 ? 0 : 1)}k`;
+  if (x >= 100) return x.toFixed(0);
+  if (x >= 10) return x.toFixed(1);
+  return x.toFixed(2);
+}
+
+function fmtRatio(x: number): string {
+  if (!Number.isFinite(x)) return '-';
+  return x >= 10 ? `${x.toFixed(0)}x` : `${x.toFixed(1)}x`;
+}
+
+function refOf(results: readonly Result[], transport: 'ipc' | 'uds', payload: number): Result | undefined {
+  return results.find((r) => r.transport === transport && r.payload === payload);
+}
+
+/** "(27x ipc, 16x uds)": how many times lower (latency) or higher (throughput) than each reference. */
+function ratios(results: readonly Result[], r: Result, pick: (x: Result) => number, lowerIsBetter: boolean): string {
+  const parts: string[] = [];
+  for (const ref of ['ipc', 'uds'] as const) {
+    if (r.transport === ref) continue;
+    const b = refOf(results, ref, r.payload);
+    if (!b) continue;
+    const x = lowerIsBetter ? pick(b) / pick(r) : pick(r) / pick(b);
+    parts.push(`${fmtRatio(x)} ${ref}`);
+  }
+  return parts.length > 0 ? ` (${parts.join(', ')})` : '';
+}
+
+export function progressLine(results: readonly Result[], r: Result): string {
+  return `${label(r)}: p50 ${fmtNum(r.rtt_us.p50)} µs${ratios(results, r, (x) => x.rtt_us.p50, true)}, p99 ${fmtNum(r.rtt_us.p99)} µs; ` +
+    `${fmtNum(r.msgs_per_s)} msgs/s${ratios(results, r, (x) => x.msgs_per_s, false)}, ${fmtNum(r.mb_per_s)} MB/s; cpu ${fmtNum(r.cpu_ms)} ms`;
+}
+
+interface Target {
+  text: string;
+  transport: BenchTransport;
+  codec: BenchCodec;
+  payload: number;
+  ref: 'ipc' | 'uds';
+  metric: 'p50' | 'msgs' | 'mb';
+  factor: number;
+}
+
+const TARGETS: Target[] = [
+  { text: '64 B round trip, shm raw p50 >= 4x lower than ipc', transport: 'shm', codec: 'raw', payload: 64, ref: 'ipc', metric: 'p50', factor: 4 },
+  { text: '64 B round trip, shm raw p50 >= 2.5x lower than uds', transport: 'shm', codec: 'raw', payload: 64, ref: 'uds', metric: 'p50', factor: 2.5 },
+  { text: '64 B round trip, shm v8 p50 >= 3x lower than ipc', transport: 'shm', codec: 'v8', payload: 64, ref: 'ipc', metric: 'p50', factor: 3 },
+  { text: '64 B throughput, shm raw msgs/s >= 10x ipc', transport: 'shm', codec: 'raw', payload: 64, ref: 'ipc', metric: 'msgs', factor: 10 },
+  { text: '64 B throughput, shm raw msgs/s >= 5x uds', transport: 'shm', codec: 'raw', payload: 64, ref: 'uds', metric: 'msgs', factor: 5 },
+  { text: '1 MiB throughput, shm raw MB/s >= 10x ipc', transport: 'shm', codec: 'raw', payload: 1048576, ref: 'ipc', metric: 'mb', factor: 10 },
+  { text: '1 MiB throughput, shm raw MB/s >= 3x uds', transport: 'shm', codec: 'raw', payload: 1048576, ref: 'uds', metric: 'mb', factor: 3 },
+];
+
+function targetLines(results: readonly Result[]): string[] {
+  const lines: string[] = [];
+  for (const t of TARGETS) {
+    const r = results.find((x) => x.transport === t.transport && x.codec === t.codec && x.payload === t.payload);
+    const b = refOf(results, t.ref, t.payload);
+    if (!r || !b) continue;
+    const x = t.metric === 'p50' ? b.rtt_us.p50 / r.rtt_us.p50 : t.metric === 'msgs' ? r.msgs_per_s / b.msgs_per_s : r.mb_per_s / b.mb_per_s;
+    lines.push(`  ${x >= t.factor ? 'holds' : 'MISSED'}  ${t.text}: ${fmtRatio(x)}`);
+  }
+  return lines;
+}
+
+export function renderTable(results: readonly Result[], m: Machine, o: BenchOptions): string {
+  const rows: string[][] = [['transport', 'codec', 'payload', 'p50 µs', 'p99 µs', 'p99.9 µs', 'max µs', 'msgs/s', 'MB/s', 'cpu ms', 'p50 vs ipc/uds', 'msgs/s vs ipc/uds']];
+  for (const r of results) {
+    const vs = (pick: (x: Result) => number, lower: boolean): string =>
+      (['ipc', 'uds'] as const)
+        .map((ref) => {
+          const b = refOf(results, ref, r.payload);
+          if (!b || ref === r.transport) return '-';
+          return fmtRatio(lower ? pick(b) / pick(r) : pick(r) / pick(b));
+        })
+        .join(' / ');
+    rows.push([
+      r.transport,
+      r.codec,
+      fmtBytes(r.payload),
+      fmtNum(r.rtt_us.p50),
+      fmtNum(r.rtt_us.p99),
+      fmtNum(r.rtt_us.p999),
+      fmtNum(r.rtt_us.max),
+      fmtNum(r.msgs_per_s),
+      fmtNum(r.mb_per_s),
+      fmtNum(r.cpu_ms),
+      vs((x) => x.rtt_us.p50, true),
+      vs((x) => x.msgs_per_s, false),
+    ]);
+  }
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((row) => row[c].length)));
+  const text = rows.map((row) => row.map((cell, c) => (c < 3 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join('  ').trimEnd());
+  const out = [
+    `shmbus bench: node ${m.node}, ${m.platform}, ${m.cpus} CPUs; ${o.duration} s per phase${o.quick ? ' (--quick)' : ''}${o.spinUs !== undefined ? `; shm spinUs ${o.spinUs}` : ''}`,
+    'Round trip: ping-pong between two processes, one message each way (shmbus: sendMessage to one member,',
+    'echoed by its listener; ipc: child.send/process.send; uds: one write per frame). Throughput: one way,',
+    'backpressure respected, every message counted and its sequence number checked. cpu ms: both',
+    'processes, user+system, over both measured phases. MB = 10^6 payload bytes. Ratios: times lower',
+    'round trip / times more messages per second than ipc and than uds at the same payload.',
+    '',
+    text[0],
+    ...text.slice(1),
+  ];
+  const refs = results.filter((r) => !REFERENCES.has(r.transport));
+  if (refs.length > 0 && results.some((r) => REFERENCES.has(r.transport))) {
+    out.push('', 'Against what users have today:');
+    for (const r of refs) out.push(`  ${progressLine(results, r)}`);
+  }
+  const targets = targetLines(results);
+  if (targets.length > 0) out.push('', 'Targets:', ...targets);
+  return out.join('\n') + '\n';
+}
+
+export async function runBench(o: BenchOptions): Promise<number> {
+  const m = machine();
+  const stamp = `${process.pid}-${Date.now().toString(36)}`;
+  const warmupMs = Math.round(Math.min(1000, Math.max(100, o.duration * 250)));
+  const phaseMs = Math.round(o.duration * 1000);
+  // The references run first, so that every later progress line can carry its ratios.
+  const order = [...o.transports].sort((a, b) => Number(REFERENCES.has(b)) - Number(REFERENCES.has(a)));
+  const plan = order.flatMap((t) => codecsOf(t, o.codecs).map((codec) => ({ transport: t, codec })));
+  const total = plan.length * o.payloads.length;
+  process.stderr.write(`shmbus bench: ${total} combinations, ${o.duration} s per phase; node ${m.node}, ${m.platform}, ${m.cpus} CPUs\n`);
+  const results: Result[] = [];
+  let failed = false;
+  let done = 0;
+  for (const { transport, codec } of plan) {
+    process.stderr.write(`${transport}/${codec}: starting\n`);
+    const cfg: MemberConfig = {
+      transport,
+      codec,
+      payloads: o.payloads,
+      warmupMs,
+      rttMs: phaseMs,
+      tpMs: phaseMs,
+      bus: `bench-${stamp}-${transport}-${codec}`,
+    };
+    if (o.spinUs !== undefined) cfg.spinUs = o.spinUs;
+    const outcome = await runPair(cfg, (r) => {
+      results.push(r);
+      done++;
+      process.stderr.write(`[${done}/${total}] ${progressLine(results, r)}\n`);
+    });
+    if (outcome.status === 'unavailable') {
+      process.stderr.write(`${transport}: skipped, it can't run here: ${outcome.reason}\n`);
+      if (o.transportsGiven) failed = true;
+    } else if (outcome.status === 'failed') {
+      process.stderr.write(`${transport}/${codec}: FAILED: ${outcome.reason}\n`);
+      failed = true;
+    }
+  }
+  // Report in the order the user asked for.
+  const rank = (r: Result): number => o.transports.indexOf(r.transport) * 1e12 + o.codecs.indexOf(r.codec) * 1e10 + r.payload;
+  results.sort((a, b) => rank(a) - rank(b));
+  if (o.svg) {
+    fs.writeFileSync(o.svg, renderSvg(results, m, o));
+    process.stderr.write(`wrote ${o.svg}\n`);
+  }
+  if (o.json) process.stdout.write(JSON.stringify({ machine: m, results }) + '\n');
+  else process.stdout.write(renderTable(results, m, o));
+  return failed ? 1 : 0;
+}
