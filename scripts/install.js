@@ -9,7 +9,7 @@
 //      are there;
 //   3. else one line saying shmbus will use the 'process' transport and how to get shm.
 //
-// A checkout of this repository (not inside node_modules) and `npm install --build-from-source`
+// A development copy of this repository (it has src/) and `npm install --build-from-source`
 // always build from source, and a failed build fails the install: that is a developer or CI
 // asking for the addon, and they need to see the compiler's error where it happened.
 'use strict';
@@ -48,7 +48,10 @@ function main() {
     return fallback(`${prebuildProblem}, and the addon built from source doesn't load: ${problem}`);
   }
   if (fromSource) return fail('shmbus: building the native addon from source failed (node-gyp output above)');
-  return fallback(`${prebuildProblem}, and building it from source failed (${built.summary}; full log in ${built.log})`);
+  return fallback(
+    `${prebuildProblem}, and building it from source failed (${built.summary})`,
+    `for shared memory, see what failed in ${built.log}, then run \`npm rebuild shmbus\``,
+  );
 }
 
 /** Why no shipped binary serves this machine, or undefined when one loads. */
@@ -75,7 +78,7 @@ function loadProblem(file) {
 
 /** Why node-gyp can't build here, or undefined when it has what it needs. */
 function whyNoSourceBuild() {
-  if (nodeGyp() === undefined) return 'node-gyp was not found';
+  if (nodeGyp() === undefined) return 'node-gyp was not found (run this script through npm, e.g. `npm rebuild shmbus`)';
   const missing = [];
   if (!runs(process.env.MAKE || 'make', ['--version'])) missing.push('make');
   if (!runs(process.env.CXX || 'g++', ['--version'])) missing.push(process.env.CXX ? `a C++ compiler (CXX=${process.env.CXX})` : 'a C++ compiler (g++)');
@@ -132,9 +135,12 @@ function fail(message) {
   process.exitCode = 1;
 }
 
-/** True in a clone of the repository, where the addon is part of the work, not a dependency. */
+/**
+ * True in a development copy (a clone, or a `file:` dependency on one): it has the TypeScript
+ * sources, which the published package doesn't, and its addon is part of the work, not a download.
+ */
 function isCheckout() {
-  return !path.resolve(root).split(path.sep).includes('node_modules');
+  return fs.existsSync(path.join(root, 'src', 'index.ts'));
 }
 
 main();
