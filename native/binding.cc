@@ -72,7 +72,7 @@ class Bus : public Napi::ObjectWrap<Bus>, public shmbus::Reactor, public shmbus:
   }
 
   // new Bus({ dir, id, ringSize, spinUs, maxMessageSize, notifyBytes }, deliver)
-  Bus(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Bus>(info), member_(*this, *this) {
+  Bus(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Bus>(info), member_(*this, *this) {  // NOLINT
     Napi::Env env = info.Env();
     if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsFunction()) {
       Napi::TypeError::New(env, "Bus(options, deliver)").ThrowAsJavaScriptException();
@@ -348,7 +348,6 @@ class Bus : public Napi::ObjectWrap<Bus>, public shmbus::Reactor, public shmbus:
 
   static void CleanupHook(void* arg) { static_cast<Bus*>(arg)->Shutdown(); }
 
-  Member member_;
   MemberOptions options_;
   uv_loop_t* loop_ = nullptr;
   uv_idle_t* idle_ = nullptr;
@@ -367,6 +366,7 @@ class Bus : public Napi::ObjectWrap<Bus>, public shmbus::Reactor, public shmbus:
   std::vector<std::pair<std::string, Napi::Reference<Napi::Value>>> extras_;
   std::vector<uint8_t> batch_;
   std::unordered_map<uint32_t, Napi::Reference<Napi::Value>> large_;
+  Member member_;  // last: destroyed first, while what it calls back into still exists
 };
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {

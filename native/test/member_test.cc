@@ -1,0 +1,293 @@
+// Members of one bus in one process, each on a poll(2) loop: discovery, handshake, messages
+// both ways (small, and larger than the ring), a duplicate id, a stale socket, a peer that
+// leaves, a peer of another protocol version, bytes that are not a handshake, and a bus
+// directory that is not private. fds are counted before and after.
+#include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "../bus_dir.h"
+#include "../handshake.h"
+#include "../member.h"
+#include "test.h"
+
+using namespace shmbus;
+
+namespace {
+
+struct Node : Reactor, MemberEvents {
+  std::map<int, void*> fds;
+  std::map<uint32_t, std::string> up;
+  std::vector<std::string> downs, errors;
+  std::map<std::string, std::vector<std::vector<uint8_t>>> got;
+  std::vector<uint8_t> large;
+  bool is_ready = false;
+  int writables = 0;
+
+  void watch(int fd, void* tag) override { fds[fd] = tag; }
+  void unwatch(int fd, void*) override { fds.erase(fd); }
+  void link_up(uint32_t slot, const std::string& id) override { up[slot] = id; }
+  void link_down(uint32_t slot, const std::string& id) override {
+    up.erase(slot);
+    downs.push_back(id);
+  }
+  void ready() override { is_ready = true; }
+  void error(const std::string&, const std::string& message) override { errors.push_back(message); }
+  void writable() override { writables++; }
+  void message(uint32_t slot, const uint8_t* d, size_t n) override { got[up[slot]].emplace_back(d, d + n); }
+  uint8_t* begin_large(uint32_t, size_t total) override {
+    large.assign(total, 0);
+    return large.data();
+  }
+  void end_large(uint32_t slot) override { got[up[slot]].push_back(large); }
+  void drop_large(uint32_t) override { large.clear(); }
+  Member member{*this, *this};  // last: it unwatches its fds as it goes
+  uint32_t slot_of(const std::string& id) {
+    for (auto& e : up)
+      if (e.second == id) return e.first;
+    return 0;
+  }
+};
+
+// One turn of every node's loop: wait up to timeout_ms for any fd, dispatch, poll the rings.
+void turn(std::vector<Node*> nodes, int timeout_ms = 20) {
+  std::vector<struct pollfd> pfds;
+  std::vector<std::pair<Node*, void*>> who;
+  for (Node* n : nodes)
+    for (auto& e : n->fds) {
+      pfds.push_back({e.first, POLLIN, 0});
+      who.push_back({n, e.second});
+    }
+  poll(pfds.data(), pfds.size(), timeout_ms);
+  for (size_t i = 0; i < pfds.size(); i++) {
+    if (pfds[i].revents == 0) continue;
+    Node* n = who[i].first;
+    if (n->fds.count(pfds[i].fd) && n->fds[pfds[i].fd] == who[i].second) n->member.on_readable(who[i].second);
+  }
+  for (Node* n : nodes) {
+    if (!n->member.open()) continue;
+    n->member.poll();
+    n->member.park();
+  }
+}
+
+template <typename F>
+void run_until(std::vector<Node*> nodes, F done) {
+  for (int i = 0; i < 1000 && !done(); i++) turn(nodes);
+  CHECK(done());
+}
+
+int count_fds() {
+  int n = 0;
+  DIR* d = opendir("/proc/self/fd");
+  while (readdir(d) != nullptr) n++;
+  closedir(d);
+  return n;
+}
+
+std::string make_dir() {
+  char tmpl[] = "/tmp/shmbus-member-test-XXXXXX";
+  CHECK(mkdtemp(tmpl) != nullptr);
+  return tmpl;
+}
+
+MemberOptions options(const std::string& dir, const std::string& id) {
+  MemberOptions o;
+  o.dir = dir;
+  o.id = id;
+  o.ring_capacity = 64 << 10;
+  o.max_message = 8 << 20;
+  o.notify_bytes = 32 << 10;
+  return o;
+}
+
+std::vector<uint8_t> bytes(size_t n, uint32_t seq) {
+  std::vector<uint8_t> v(n);
+  for (size_t i = 0; i < n; i++) v[i] = static_cast<uint8_t>(seq + i * 13);
+  if (n >= 4) std::memcpy(v.data(), &seq, 4);
+  return v;
+}
+
+void send(Node& from, const std::string& to, const std::vector<uint8_t>& msg) {
+  Part part = {msg.data(), msg.size()};
+  auto r = from.member.send(from.slot_of(to), &part, 1, msg.size());
+  CHECK(r == Member::kSent || r == Member::kQueued);
+}
+
+int raw_connect(const std::string& dir, const std::string& id) {
+  int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  struct sockaddr_un sa = {};
+  sa.sun_family = AF_UNIX;
+  std::snprintf(sa.sun_path, sizeof sa.sun_path, "%s/%s.sock", dir.c_str(), id.c_str());
+  CHECK(connect(s, reinterpret_cast<struct sockaddr*>(&sa), sizeof sa) == 0);
+  return s;
+}
+
+void test_bus() {
+  const int fds_before = count_fds();
+  std::string dir = make_dir();
+  std::string err;
+  {
+    Node a, b;
+    CHECK(a.member.start(options(dir, "1"), &err) == Member::kStarted);
+    CHECK(a.member.initial_pending() == 0);
+    CHECK(b.member.start(options(dir, "worker_b"), &err) == Member::kStarted);
+    CHECK(b.member.initial_pending() == 1);
+    run_until({&a, &b}, [&] { return b.is_ready && a.slot_of("worker_b") && b.slot_of("1"); });
+
+    // The id is held while its member lives.
+    Node dup;
+    CHECK(dup.member.start(options(dir, "1"), &err) == Member::kDuplicate);
+
+    // Small messages both ways, FIFO, then messages larger than the ring.
+    for (uint32_t i = 0; i < 5000; i++) {
+      send(a, "worker_b", bytes(8 + i % 500, i));
+      send(b, "1", bytes(8 + i % 300, i));
+      if (i % 100 == 0) turn({&a, &b}, 0);
+    }
+    run_until({&a, &b}, [&] { return a.got["worker_b"].size() == 5000 && b.got["1"].size() == 5000; });
+    for (uint32_t i = 0; i < 5000; i++) {
+      CHECK(b.got["1"][i] == bytes(8 + i % 500, i));
+      CHECK(a.got["worker_b"][i] == bytes(8 + i % 300, i));
+    }
+    b.got.clear();
+    for (uint32_t i = 0; i < 4; i++) send(a, "worker_b", bytes((3 << 20) + i, i));
+    CHECK(a.member.queued(a.slot_of("worker_b")) > (8 << 20));
+    run_until({&a, &b}, [&] { return b.got["1"].size() == 4; });
+    for (uint32_t i = 0; i < 4; i++) CHECK(b.got["1"][i] == bytes((3 << 20) + i, i));
+    run_until({&a, &b}, [&] { return a.member.queued(a.slot_of("worker_b")) == 0; });
+    CHECK(a.writables > 0);
+
+    // A third member joins; then b leaves after sending: its messages come before its leave.
+    Node c;
+    CHECK(c.member.start(options(dir, "cache"), &err) == Member::kStarted);
+    CHECK(c.member.initial_pending() == 2);
+    run_until({&a, &b, &c}, [&] { return c.is_ready && a.slot_of("cache") && b.slot_of("cache"); });
+    a.got.clear();
+    send(b, "1", bytes(100, 42));
+    b.member.close();
+    run_until({&a, &c}, [&] { return a.downs.size() == 1 && c.downs.size() == 1; });
+    CHECK(a.got["worker_b"].size() == 1 && a.got["worker_b"][0] == bytes(100, 42));
+    struct stat st;
+    CHECK(fstatat(AT_FDCWD, (dir + "/worker_b.sock").c_str(), &st, 0) != 0);
+
+    // A stale socket file (its member died) is taken over; one found while listing is removed.
+    for (const char* id : {"7", "9"}) {
+      int s = socket(AF_UNIX, SOCK_SEQPACKET, 0);
+      struct sockaddr_un sa = {};
+      sa.sun_family = AF_UNIX;
+      std::snprintf(sa.sun_path, sizeof sa.sun_path, "%s/%s.sock", dir.c_str(), id);
+      CHECK(bind(s, reinterpret_cast<struct sockaddr*>(&sa), sizeof sa) == 0);
+      close(s);
+    }
+    Node d;
+    CHECK(d.member.start(options(dir, "7"), &err) == Member::kStarted);
+    CHECK(fstatat(AT_FDCWD, (dir + "/9.sock").c_str(), &st, 0) != 0);
+    run_until({&a, &c, &d}, [&] { return d.is_ready && a.slot_of("7") && c.slot_of("7"); });
+
+    // A peer of another protocol version is refused, by name.
+    {
+      int s = raw_connect(dir, "1");
+      Hello h;
+      h.version = 99;
+      h.id = "future";
+      CHECK(hello_send(s, h, -1, -1, &err));
+      run_until({&a}, [&] { return !a.errors.empty(); });
+      CHECK(a.errors.back().find("future") != std::string::npos);
+      CHECK(a.errors.back().find("v99") != std::string::npos);
+      Hello r;
+      int got_fds[2], n;
+      struct pollfd p = {s, POLLIN, 0};
+      CHECK(poll(&p, 1, 1000) == 1);
+      CHECK(hello_recv(s, &r, got_fds, &n, &err) == kRecvMessage && r.kind == kRefuse && r.code == kRefuseVersion);
+      close(s);
+    }
+
+    // Bytes that are not a handshake, with and without fds: refused, nothing leaks.
+    std::mt19937 rng(5);
+    for (int i = 0; i < 300; i++) {
+      int s = raw_connect(dir, "cache");
+      std::vector<uint8_t> junk(rng() % 400);
+      for (auto& x : junk) x = static_cast<uint8_t>(rng());
+      if (junk.size() >= 16 && i % 2 == 0) {
+        std::memcpy(junk.data(), "SHMBUSHS", 8);
+        uint32_t v = kProtocolVersion;
+        std::memcpy(junk.data() + 8, &v, 4);
+      }
+      int pipefd[2];
+      CHECK(pipe(pipefd) == 0);
+      struct iovec iov = {junk.data(), junk.size()};
+      struct msghdr msg = {};
+      msg.msg_iov = &iov;
+      msg.msg_iovlen = 1;
+      alignas(struct cmsghdr) char control[CMSG_SPACE(2 * sizeof(int))] = {};
+      if (i % 3 == 0) {
+        msg.msg_control = control;
+        msg.msg_controllen = sizeof control;
+        struct cmsghdr* cm = CMSG_FIRSTHDR(&msg);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(2 * sizeof(int));
+        std::memcpy(CMSG_DATA(cm), pipefd, sizeof pipefd);
+      }
+      sendmsg(s, &msg, MSG_NOSIGNAL);
+      close(pipefd[0]);
+      close(pipefd[1]);
+      turn({&a, &c, &d}, 0);
+      close(s);
+    }
+    for (int i = 0; i < 20; i++) turn({&a, &c, &d}, 0);
+    CHECK(c.slot_of("1") && c.slot_of("7"));
+    send(c, "1", bytes(64, 1));
+    run_until({&a, &c, &d}, [&] { return a.got["cache"].size() == 1; });
+  }
+  // Everything closed: the fds are back where they were.
+  CHECK(count_fds() == fds_before);
+
+  // A bus directory that others can enter, or a symlink, is refused.
+  chmod(dir.c_str(), 0755);
+  {
+    Node x;
+    CHECK(x.member.start(options(dir, "1"), &err) == Member::kFailed);
+    CHECK(err.find("mode") != std::string::npos);
+  }
+  chmod(dir.c_str(), 0700);
+  std::string link = dir + "-link";
+  CHECK(symlink(dir.c_str(), link.c_str()) == 0);
+  {
+    Node x;
+    CHECK(x.member.start(options(link, "1"), &err) == Member::kFailed);
+    CHECK(err.find("symlink") != std::string::npos);
+  }
+  unlink(link.c_str());
+  CHECK(count_fds() == fds_before);
+  std::string cmd = "rm -rf " + dir;
+  CHECK(system(cmd.c_str()) == 0);
+}
+
+void test_ids() {
+  CHECK(id_valid("0") && id_valid("2147483647") && id_valid("primary") && id_valid("_a.b-c"));
+  CHECK(!id_valid("2147483648") && !id_valid("01") && !id_valid("") && !id_valid("a/b") &&
+        !id_valid("..") && !id_valid(".x") && !id_valid(std::string(65, 'a')));
+  CHECK(id_compare("2", "10") < 0 && id_compare("10", "a") < 0 && id_compare("b", "a") > 0 &&
+        id_compare("7", "7") == 0);
+}
+
+}  // namespace
+
+int main() {
+  test_ids();
+  test_bus();
+  std::puts("member_test: ok");
+  return 0;
+}
