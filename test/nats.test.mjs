@@ -1,0 +1,468 @@
+// The nats transport, with real processes and a real NATS server. Needs a server on
+// 127.0.0.1:4222 (`nats-server -a 127.0.0.1`); without one these tests are skipped, except under
+// CI (env CI=true) where that is a failure. The reconnect test starts its own server on another
+// port (nats-server on PATH or /usr/sbin/nats-server) and never touches the shared one.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import net from 'node:net';
+import { fileURLToPath } from 'node:url';
+import { open, ShmbusError } from 'shmbus';
+
+const NATS_URL = 'nats://127.0.0.1:4222';
+const MEMBER = fileURLToPath(new URL('./fixtures/nats-member.mjs', import.meta.url));
+const CLUSTER = fileURLToPath(new URL('./fixtures/nats-cluster.mjs', import.meta.url));
+
+function canConnect(port, host = '127.0.0.1', timeout = 1000) {
+  return new Promise((resolve) => {
+    const socket = net.connect(port, host);
+    const done = (ok) => {
+      socket.destroy();
+      resolve(ok);
+    };
+    socket.setTimeout(timeout, () => done(false));
+    socket.once('connect', () => done(true));
+    socket.once('error', () => done(false));
+  });
+}
+
+const serverUp = await canConnect(4222);
+const NO_SERVER = 'no NATS server on 127.0.0.1:4222: start one (`nats-server -a 127.0.0.1`) to run the nats tests';
+const skip = !serverUp && process.env.CI !== 'true' ? NO_SERVER : false;
+
+if (!serverUp && process.env.CI === 'true') {
+  test('a NATS server is reachable on 127.0.0.1:4222 (required under CI)', () => {
+    assert.fail(NO_SERVER);
+  });
+}
+
+let buses = 0;
+const busName = () => `nt${process.pid}_${++buses}`;
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// ---------------------------------------------------------------------------------------------
+// Member programs
+
+const live = new Set();
+process.on('exit', () => {
+  for (const child of live) kill(child);
+});
+
+function kill(child, signal = 'SIGKILL') {
+  try {
+    process.kill(-child.pid, signal);
+  } catch {
+    // gone already
+  }
+}
+
+/** Starts a program (its own process group), collecting its JSON lines. */
+function start(file, env) {
+  const childEnv = { ...process.env, NATS_URL, ...env };
+  delete childEnv.NODE_TEST_CONTEXT;
+  delete childEnv.SHMBUS_TRANSPORT;
+  const child = spawn(process.execPath, [file], { stdio: ['ignore', 'pipe', 'pipe'], detached: true, env: childEnv });
+  live.add(child);
+  child.lines = [];
+  child.stderrText = '';
+  child.waiters = [];
+  let buffer = '';
+  child.stdout.setEncoding('utf8').on('data', (text) => {
+    buffer += text;
+    let at;
+    while ((at = buffer.indexOf('\n')) >= 0) {
+      const line = buffer.slice(0, at);
+      buffer = buffer.slice(at + 1);
+      if (!line.startsWith('{')) continue;
+      try {
+        child.lines.push(JSON.parse(line));
+      } catch {
+        continue;
+      }
+      for (const w of [...child.waiters]) w();
+    }
+  });
+  child.stderr.setEncoding('utf8').on('data', (text) => (child.stderrText += text));
+  child.exited = new Promise((resolve) => child.once('exit', (code, signal) => {
+    live.delete(child);
+    resolve({ code, signal });
+    for (const w of [...child.waiters]) w();
+  }));
+  return child;
+}
+
+/** Resolves the first line of `child` that `match` accepts. */
+function line(child, match, timeout = 10_000) {
+  return new Promise((resolve, reject) => {
+    const check = () => {
+      const found = child.lines.find(match);
+      if (found) {
+        finish();
+        resolve(found);
+      } else if (child.exitCode !== null || child.signalCode !== null) {
+        finish();
+        reject(new Error(`the program exited (${child.exitCode ?? child.signalCode}) without that line; stdout lines: ${JSON.stringify(child.lines)}; stderr: ${child.stderrText}`));
+      }
+    };
+    const timer = setTimeout(() => {
+      finish();
+      reject(new Error(`no such line within ${timeout} ms; lines: ${JSON.stringify(child.lines)}; stderr: ${child.stderrText}`));
+    }, timeout);
+    const finish = () => {
+      clearTimeout(timer);
+      child.waiters.splice(child.waiters.indexOf(check), 1);
+    };
+    child.waiters.push(check);
+    check();
+  });
+}
+
+/** Starts test/fixtures/nats-member.mjs as member `id` on `bus` and waits until its bus is open. */
+async function member(bus, id, env = {}) {
+  const child = start(MEMBER, { BUS: bus, SHMBUS_ID: String(id), ...env });
+  await line(child, (l) => l.ready || l.result, 15_000);
+  return child;
+}
+
+async function openHere(name, id, extra = {}) {
+  const bus = await open({ name, id, transport: 'nats', ...extra, nats: { servers: NATS_URL, ...extra.nats } });
+  bus.on('error', () => {}); // the tests look at what they expect; errors are not failures here
+  return bus;
+}
+
+async function rejection(promise) {
+  try {
+    await promise;
+  } catch (err) {
+    return err;
+  }
+  assert.fail('expected a rejection');
+}
+
+// ---------------------------------------------------------------------------------------------
+
+test('two separately started processes: membership, broadcast, one-to-one, requests, peer:leave on close', { skip, timeout: 30_000 }, async () => {
+  const name = busName();
+  const me = await openHere(name, 'tester');
+  try {
+    assert.equal(me.transport, 'nats');
+    const joined = new Promise((resolve) => me.on('peer:join', resolve));
+    const alpha = await member(name, 'alpha');
+    assert.equal(await joined, 'alpha');
+    assert.deepEqual(me.peers(), ['alpha']);
+    assert.deepEqual((await line(alpha, (l) => l.ready)).peers, ['tester']);
+
+    // A second program: everyone sees everyone.
+    const beta = await member(name, 'beta');
+    await me.waitFor(['alpha', 'beta'], { timeout: 5000 });
+    assert.deepEqual((await me.request('info', null, { to: 'beta' })).peers, ['alpha', 'tester']);
+
+    // Broadcast from one program reaches the others and the sender itself.
+    const mine = [];
+    me.on('bcast', (data, msg) => mine.push([msg.from, data.n]));
+    assert.equal(await me.request('broadcast', { action: 'bcast', data: { n: 7 } }, { to: 'alpha' }), 3);
+    const gotBeta = await me.request('got', null, { to: 'beta' });
+    assert.deepEqual(gotBeta.map((g) => [g.from, g.n]), [['alpha', 7]]);
+    assert.deepEqual((await me.request('got', null, { to: 'alpha' })).map((g) => [g.from, g.n]), [['alpha', 7]]);
+    assert.deepEqual(mine, [['alpha', 7]]);
+
+    // Requests: answers, remote errors, no handler, to self.
+    assert.deepEqual(await me.request('echo', { a: [1, 2, 3] }, { to: 'alpha' }), { a: [1, 2, 3] });
+    const noHandler = await rejection(me.request('nothing', 1, { to: 'beta' }));
+    assert.equal(noHandler.code, 'ERR_SHMBUS_NO_HANDLER');
+    const timeout = await rejection(me.request('hang', 1, { to: 'beta', timeout: 300 }));
+    assert.equal(timeout.code, 'ERR_SHMBUS_TIMEOUT');
+
+    // A member that closes is gone at once, not after the presence expiry.
+    const left = new Promise((resolve) => me.on('peer:leave', (id) => resolve({ id, at: Date.now() })));
+    const asked = Date.now();
+    await me.request('exit', null, { to: 'beta' });
+    const { id, at } = await left;
+    assert.equal(id, 'beta');
+    assert.ok(at - asked < 1000, `peer:leave came ${at - asked} ms after close`);
+    assert.deepEqual(me.peers(), ['alpha']);
+    await me.request('exit', null, { to: 'alpha' });
+    assert.equal((await alpha.exited).code, 0);
+    assert.equal((await beta.exited).code, 0);
+  } finally {
+    await me.close();
+  }
+});
+
+test('a cluster primary and 4 workers over nats', { skip, timeout: 30_000 }, async () => {
+  const child = start(CLUSTER, { BUS: busName() });
+  const { result } = await line(child, (l) => l.result, 25_000);
+  assert.equal(result.id, 'primary');
+  assert.deepEqual(result.peers, [1, 2, 3, 4]);
+  assert.deepEqual(result.workers, [
+    { id: 1, peers: [2, 3, 4, 'primary'] },
+    { id: 2, peers: [1, 3, 4, 'primary'] },
+    { id: 3, peers: [1, 2, 4, 'primary'] },
+    { id: 4, peers: [1, 2, 3, 'primary'] },
+  ]);
+  assert.equal(result.sent, 5);
+  assert.deepEqual(result.thanks, [1, 2, 3, 4]);
+  const { code } = await child.exited;
+  assert.equal(code, 0);
+});
+
+test('16 MiB payloads arrive whole: a request, its answer, and a broadcast', { skip, timeout: 60_000 }, async () => {
+  const name = busName();
+  const me = await openHere(name, 'tester');
+  const alpha = await member(name, 'alpha');
+  const beta = await member(name, 'beta');
+  try {
+    await me.waitFor(['alpha', 'beta'], { timeout: 5000 });
+    const big = Buffer.alloc(16 * 2 ** 20, 0xab);
+    big[0] = 1;
+    big[big.length - 1] = 2;
+    const answer = await me.request('echo', big, { to: 'alpha', timeout: 30_000 });
+    assert.equal(answer.length, big.length);
+    assert.ok(Buffer.compare(Buffer.from(answer), big) === 0, 'the echo differs');
+
+    // alpha broadcasts 16 MiB: beta and the tester get it whole.
+    const mine = new Promise((resolve) => me.on('bcast', (data) => resolve(data)));
+    assert.equal(await me.request('bigBroadcast', { size: 16 * 2 ** 20, fill: 7 }, { to: 'alpha', timeout: 30_000 }), 3);
+    const data = await mine;
+    assert.equal(data.big.length, 16 * 2 ** 20);
+    assert.ok(data.big.every((b) => b === 7));
+    let got = [];
+    for (let i = 0; i < 100 && got.length === 0; i++) {
+      got = await me.request('got', null, { to: 'beta', timeout: 30_000 });
+      if (got.length === 0) await sleep(50);
+    }
+    assert.deepEqual(got, [{ from: 'alpha', size: 16 * 2 ** 20, ok: true }]);
+  } finally {
+    kill(alpha);
+    kill(beta);
+    await me.close();
+  }
+});
+
+test('100k messages from one process to another arrive in order, with backpressure and drain()', { skip, timeout: 60_000 }, async () => {
+  const name = busName();
+  // A small queue limit so that the sender meets ERR_SHMBUS_BACKPRESSURE and waits in drain().
+  const me = await openHere(name, 'tester', { maxQueueBytes: 256 * 1024 });
+  const alpha = await member(name, 'alpha', { MAX_QUEUE: String(256 * 1024) });
+  try {
+    await me.waitFor('alpha', { timeout: 5000 });
+    const n = 100_000;
+    // tester -> alpha
+    let backpressure = 0;
+    const started = Date.now();
+    for (let i = 0; i < n; ) {
+      try {
+        me.sendMessage('seq', i, 'alpha');
+        i++;
+      } catch (err) {
+        assert.equal(err.code, 'ERR_SHMBUS_BACKPRESSURE');
+        backpressure++;
+        await me.drain();
+      }
+    }
+    let result;
+    for (let i = 0; i < 200; i++) {
+      result = await me.request('seqResult', null, { to: 'alpha', timeout: 10_000 });
+      if (result.count >= n) break;
+      await sleep(50);
+    }
+    assert.deepEqual(result, { count: n, outOfOrder: 0 });
+    assert.ok(backpressure > 0, 'the sender never met backpressure');
+    const ms = Date.now() - started;
+
+    // alpha -> tester, driven by a request
+    const expected = { next: 0, wrong: 0, count: 0 };
+    const all = new Promise((resolve) => {
+      me.on('seq', (v, msg) => {
+        if (msg.from !== 'alpha') return;
+        if (v !== expected.next) expected.wrong++;
+        expected.next = v + 1;
+        if (++expected.count === n) resolve();
+      });
+    });
+    const flood = await me.request('flood', { to: 'tester', n }, { to: 'alpha', timeout: 40_000 });
+    assert.equal(flood.sent, n);
+    await all;
+    assert.equal(expected.wrong, 0);
+    assert.ok(ms < 40_000, `100k messages took ${ms} ms`);
+  } finally {
+    kill(alpha);
+    await me.close();
+  }
+});
+
+test('kill -9 during a request: ERR_SHMBUS_PEER_GONE within a few seconds, and the same id rejoins', { skip, timeout: 40_000 }, async () => {
+  const name = busName();
+  const me = await openHere(name, 'tester');
+  let worker = await member(name, 'worker');
+  const bystander = await member(name, 'bystander');
+  try {
+    await me.waitFor(['worker', 'bystander'], { timeout: 5000 });
+    const pending = me.request('hang', null, { to: 'worker', timeout: 30_000 });
+    await sleep(100);
+    const killedAt = Date.now();
+    kill(worker);
+    const err = await rejection(pending);
+    const ms = Date.now() - killedAt;
+    assert.equal(err.code, 'ERR_SHMBUS_PEER_GONE');
+    assert.ok(ms < 3000, `rejected ${ms} ms after kill -9`);
+    assert.ok(!me.peers().includes('worker'));
+
+    // A member that dies with nothing pending is seen to leave within the presence expiry.
+    const left = new Promise((resolve) => me.on('peer:leave', (id) => id === 'bystander' && resolve(Date.now())));
+    const killed2 = Date.now();
+    kill(bystander);
+    const leftAt = await left;
+    assert.ok(leftAt - killed2 < 3500, `peer:leave ${leftAt - killed2} ms after kill -9`);
+
+    // The same id opens again at once, and works.
+    worker = await member(name, 'worker');
+    assert.equal((await line(worker, (l) => l.ready || l.result)).ready, true);
+    await me.waitFor('worker', { timeout: 5000 });
+    assert.deepEqual(await me.request('echo', 'again', { to: 'worker' }), 'again');
+  } finally {
+    kill(worker);
+    kill(bystander);
+    await me.close();
+  }
+});
+
+test('ERR_SHMBUS_DUPLICATE_ID for a live id (another process, this process, two at once); UNKNOWN_PEER for an id never seen', { skip, timeout: 30_000 }, async () => {
+  const name = busName();
+  const me = await openHere(name, 'tester');
+  const alpha = await member(name, 'alpha');
+  try {
+    const err = await rejection(openHere(name, 'alpha'));
+    assert.ok(err instanceof ShmbusError);
+    assert.equal(err.code, 'ERR_SHMBUS_DUPLICATE_ID');
+    assert.equal((await rejection(openHere(name, 'tester'))).code, 'ERR_SHMBUS_DUPLICATE_ID');
+    const second = start(MEMBER, { BUS: name, SHMBUS_ID: 'alpha' });
+    assert.equal((await line(second, (l) => l.result)).result.code, 'ERR_SHMBUS_DUPLICATE_ID');
+
+    // Two opens of a free id at once: exactly one wins.
+    const both = await Promise.allSettled([openHere(name, 'twin'), openHere(name, 'twin')]);
+    const won = both.filter((r) => r.status === 'fulfilled');
+    const lost = both.filter((r) => r.status === 'rejected');
+    assert.equal(won.length, 1, JSON.stringify(both.map((r) => r.reason?.code ?? 'opened')));
+    assert.equal(lost[0].reason.code, 'ERR_SHMBUS_DUPLICATE_ID');
+    await me.waitFor('twin', { timeout: 5000 });
+    await won[0].value.close();
+
+    const unknown = await rejection(me.request('echo', 1, { to: 'never-here' }));
+    assert.equal(unknown.code, 'ERR_SHMBUS_UNKNOWN_PEER');
+    assert.throws(() => me.sendMessage('x', 1, 12345), { code: 'ERR_SHMBUS_UNKNOWN_PEER' });
+  } finally {
+    kill(alpha);
+    await me.close();
+  }
+});
+
+test('options: no server is ERR_SHMBUS_TRANSPORT, bad tuning is ERR_SHMBUS_INVALID_ARG', { skip, timeout: 20_000 }, async () => {
+  // A port nobody listens on: take a free one and close it.
+  const port = await freePort();
+  const started = Date.now();
+  const err = await rejection(open({ name: busName(), id: 'x', transport: 'nats', nats: { servers: `nats://127.0.0.1:${port}` } }));
+  assert.equal(err.code, 'ERR_SHMBUS_TRANSPORT');
+  assert.match(err.message, new RegExp(`127\\.0\\.0\\.1:${port}`));
+  assert.ok(Date.now() - started < 5000);
+  for (const nats of [{ heartbeatInterval: -1 }, { presenceTimeout: 'soon' }, { heartbeatInterval: 1000, presenceTimeout: 1500 }, { subjectPrefix: 'a b' }, { joinWindow: 0 }]) {
+    const e = await rejection(open({ name: busName(), id: 'x', transport: 'nats', nats }));
+    assert.equal(e.code, 'ERR_SHMBUS_INVALID_ARG', JSON.stringify(nats));
+  }
+});
+
+test('an open bus keeps the process alive until unref(); after close() the process exits by itself', { skip, timeout: 30_000 }, async () => {
+  const name = busName();
+  const unrefd = start(MEMBER, { BUS: name, SHMBUS_ID: 'u', MODE: 'unref' });
+  const closed = start(MEMBER, { BUS: name, SHMBUS_ID: 'c', MODE: 'close' });
+  const kept = await member(name, 'k');
+  try {
+    assert.equal((await unrefd.exited).code, 0);
+    assert.equal((await closed.exited).code, 0);
+    await sleep(1000);
+    assert.equal(kept.exitCode, null, 'a bus that is open and ref\'d let its process exit');
+  } finally {
+    kill(kept);
+  }
+});
+
+// ---------------------------------------------------------------------------------------------
+// A server of the test's own
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+    server.on('error', reject);
+  });
+}
+
+function natsServerPath() {
+  for (const p of ['/usr/sbin/nats-server', '/usr/bin/nats-server', '/usr/local/bin/nats-server']) if (existsSync(p)) return p;
+  try {
+    return execFileSync('sh', ['-c', 'command -v nats-server'], { encoding: 'utf8' }).trim() || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+async function startServer(port) {
+  const server = spawn(natsServerPath(), ['-a', '127.0.0.1', '-p', String(port)], { stdio: 'ignore', detached: true });
+  live.add(server);
+  server.once('exit', () => live.delete(server));
+  for (let i = 0; i < 100; i++) {
+    if (await canConnect(port)) return server;
+    await sleep(50);
+  }
+  kill(server);
+  throw new Error(`nats-server did not start on port ${port}`);
+}
+
+test('a NATS server restart: members reconnect, re-announce and go on', { skip: skip || (!natsServerPath() && 'nats-server is not installed'), timeout: 40_000 }, async () => {
+  const port = await freePort();
+  const url = `nats://127.0.0.1:${port}`;
+  let server = await startServer(port);
+  const name = busName();
+  let me;
+  let alpha;
+  try {
+    me = await openHere(name, 'tester', { nats: { servers: url, reconnectTimeWait: 250 } });
+    alpha = await member(name, 'alpha', { NATS_URL: url });
+    await me.waitFor('alpha', { timeout: 5000 });
+    assert.equal(await me.request('echo', 'before', { to: 'alpha' }), 'before');
+
+    const exited = new Promise((resolve) => server.once('exit', resolve));
+    kill(server);
+    await exited;
+    await sleep(500);
+    server = await startServer(port);
+
+    // Within a few seconds alpha is a member again (it may have left and rejoined meanwhile).
+    const deadline = Date.now() + 15_000;
+    let answer;
+    while (Date.now() < deadline) {
+      try {
+        await me.waitFor('alpha', { timeout: 1000 });
+        answer = await me.request('echo', 'after', { to: 'alpha', timeout: 1000 });
+        break;
+      } catch {
+        await sleep(100);
+      }
+    }
+    assert.equal(answer, 'after');
+    // And messages flow in order again.
+    const got = [];
+    const done = new Promise((resolve) => me.on('seq', (v) => (got.push(v), got.length === 1000 && resolve())));
+    await me.request('flood', { to: 'tester', n: 1000 }, { to: 'alpha', timeout: 10_000 });
+    await done;
+    assert.deepEqual(got, Array.from({ length: 1000 }, (_, i) => i));
+  } finally {
+    if (alpha) kill(alpha);
+    await me?.close();
+    kill(server);
+  }
+});
