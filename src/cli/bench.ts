@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
-import { EXIT_UNAVAILABLE, type BenchCodec, type BenchTransport, type DriverLine, type MemberConfig } from './member';
+import { EXIT_UNAVAILABLE, benchNodeArgs, type BenchCodec, type BenchTransport, type DriverLine, type MemberConfig } from './member';
 import { renderSvg } from './svg';
 
 export const TRANSPORTS: readonly BenchTransport[] = ['shm', 'process', 'nats', 'ipc', 'uds'];
@@ -203,7 +203,7 @@ type PairOutcome = { status: 'ok' } | { status: 'unavailable'; reason: string } 
 function runPair(cfg: MemberConfig, onResult: (r: Result) => void): Promise<PairOutcome> {
   return new Promise((resolve) => {
     const script = path.join(__dirname, 'member.js');
-    const child = spawn(process.execPath, [script, 'driver', JSON.stringify(cfg)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const child = spawn(process.execPath, [...benchNodeArgs(), script, 'driver', JSON.stringify(cfg)], { stdio: ['ignore', 'pipe', 'inherit'] });
     let outcome: PairOutcome | null = null;
     // A driver that prints nothing for this long is stuck (its own stall checks take 60 s).
     const limitMs = 120_000 + (cfg.warmupMs + cfg.rttMs + cfg.tpMs) * 2;

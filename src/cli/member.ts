@@ -72,6 +72,14 @@ async function openBus(cfg: MemberConfig, id: number): Promise<import('../bus').
   return open(options);
 }
 
+/**
+ * Extra node flags for the benchmark's processes, for profiling them:
+ * SHMBUS_BENCH_NODE_ARGS='--cpu-prof --cpu-prof-dir=prof' (NODE_OPTIONS refuses --cpu-prof).
+ */
+export function benchNodeArgs(): string[] {
+  return (process.env.SHMBUS_BENCH_NODE_ARGS ?? '').split(/\s+/).filter((a) => a !== '');
+}
+
 function peerArgs(cfg: MemberConfig): string[] {
   return [path.join(__dirname, 'member.js'), 'peer', JSON.stringify(cfg)];
 }
@@ -95,7 +103,7 @@ async function driverLink(cfg: MemberConfig, state: { done: boolean }): Promise<
         out({ type: 'unavailable', reason: (err as Error).message });
         process.exit(EXIT_UNAVAILABLE);
       }
-      const child = spawn(process.execPath, peerArgs(cfg), { stdio: ['pipe', 'pipe', 'inherit'] });
+      const child = spawn(process.execPath, [...benchNodeArgs(), ...peerArgs(cfg)], { stdio: ['pipe', 'pipe', 'inherit'] });
       watchPeer(child, state);
       await bus.waitFor(1, { timeout: 20_000 });
       return { link: new BusLink(bus, 1, cfg.codec), child };
@@ -103,13 +111,13 @@ async function driverLink(cfg: MemberConfig, state: { done: boolean }): Promise<
     case 'process': {
       const bus = await openBus(cfg, 0);
       // The channel a cluster primary gives its workers when it opens a bus first.
-      const child = fork(peerArgs(cfg)[0], peerArgs(cfg).slice(1), { stdio: ['pipe', 'pipe', 'inherit', 'ipc'], serialization: 'advanced' });
+      const child = fork(peerArgs(cfg)[0], peerArgs(cfg).slice(1), { stdio: ['pipe', 'pipe', 'inherit', 'ipc'], serialization: 'advanced', execArgv: benchNodeArgs() });
       watchPeer(child, state);
       await bus.waitFor(1, { timeout: 20_000 });
       return { link: new BusLink(bus, 1, cfg.codec), child };
     }
     case 'ipc': {
-      const child = fork(peerArgs(cfg)[0], peerArgs(cfg).slice(1), { stdio: ['pipe', 'pipe', 'inherit', 'ipc'] });
+      const child = fork(peerArgs(cfg)[0], peerArgs(cfg).slice(1), { stdio: ['pipe', 'pipe', 'inherit', 'ipc'], execArgv: benchNodeArgs() });
       watchPeer(child, state);
       const link = new IpcLink(child, true);
       await expectCtl(link, 'ready');
@@ -120,7 +128,7 @@ async function driverLink(cfg: MemberConfig, state: { done: boolean }): Promise<
       const server = net.createServer();
       await new Promise<void>((resolve, reject) => server.once('error', reject).listen(sock, resolve));
       const accepted = new Promise<net.Socket>((resolve) => server.once('connection', resolve));
-      const child = spawn(process.execPath, peerArgs({ ...cfg, sock }), { stdio: ['pipe', 'pipe', 'inherit'] });
+      const child = spawn(process.execPath, [...benchNodeArgs(), ...peerArgs({ ...cfg, sock })], { stdio: ['pipe', 'pipe', 'inherit'] });
       watchPeer(child, state);
       const conn = await accepted;
       server.close();
@@ -305,10 +313,19 @@ async function driver(cfg: MemberConfig): Promise<void> {
     });
   }
   state.done = true;
-  const exited = new Promise((resolve) => child.once('exit', resolve));
+  const exited = new Promise<void>((resolve) => {
+    const timer = setTimeout(() => {
+      process.stderr.write(`shmbus bench: the ${cfg.transport} peer did not quit within 5 s; killing it\n`);
+      child.kill('SIGKILL');
+      resolve();
+    }, 5000);
+    child.once('exit', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
   await link.sendCtl({ op: 'quit' });
-  await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, 5000).unref())]);
-  if (child.exitCode === null) child.kill();
+  await exited;
   await link.close().catch(() => undefined);
   process.exit(0);
 }
