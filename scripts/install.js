@@ -42,7 +42,7 @@ function main() {
 
   const built = buildFromSource(fromSource);
   if (built.ok) {
-    const problem = loadProblem(require('node-gyp-build').resolve(root));
+    const problem = loadProblem(path.join(root, 'build', 'Release', 'shmbus.node'));
     if (problem === undefined) return console.log('shmbus: built the native addon from source');
     if (fromSource) return fail(`shmbus: the native addon was built but doesn't load: ${problem}`);
     return fallback(`${prebuildProblem}, and the addon built from source doesn't load: ${problem}`);
@@ -56,9 +56,15 @@ function main() {
 
 /** Why no shipped binary serves this machine, or undefined when one loads. */
 function prebuildProblemOrUndefined() {
+  let nodeGypBuild;
+  try {
+    nodeGypBuild = require('node-gyp-build');
+  } catch (err) {
+    return `node-gyp-build, which finds the prebuilt addon, did not load (${err.message.split('\n')[0]})`;
+  }
   let file;
   try {
-    file = require('node-gyp-build').resolve(root);
+    file = nodeGypBuild.resolve(root);
   } catch {
     const libc = process.env.LIBC || (fs.existsSync('/etc/alpine-release') ? 'musl' : 'glibc');
     return `there is no prebuilt addon for ${process.platform}-${process.arch} (${libc})`;
@@ -72,8 +78,8 @@ function loadProblem(file) {
   const child = spawnSync(process.execPath, ['-e', 'require(process.argv[1])', file], { encoding: 'utf8' });
   if (child.status === 0) return undefined;
   if (child.error) return child.error.message;
-  const lines = `${child.stderr}`.split('\n').map((l) => l.trim());
-  return lines.find((l) => /^Error\b|Error:/.test(l)) ?? (child.signal ? `killed by ${child.signal}` : `exit code ${child.status}`);
+  const lines = `${child.stderr}`.split('\n').map((l) => l.trim()).filter(Boolean);
+  return lines.find((l) => /^Error\b|Error:/.test(l)) ?? lines.at(-1) ?? (child.signal ? `killed by ${child.signal}` : `exit code ${child.status}`);
 }
 
 /** Why node-gyp can't build here, or undefined when it has what it needs. */
