@@ -425,7 +425,7 @@ async function startServer(port) {
   throw new Error(`nats-server did not start on port ${port}`);
 }
 
-test('a NATS server restart: members reconnect, re-announce and go on', { skip: skip || (!natsServerPath() && 'nats-server is not installed'), timeout: 40_000 }, async () => {
+test('a NATS server restart: members reconnect, re-announce and go on', { skip: skip || (!natsServerPath() && 'nats-server is not installed'), timeout: 40_000 }, async (t) => {
   const port = await freePort();
   const url = `nats://127.0.0.1:${port}`;
   let server = await startServer(port);
@@ -437,10 +437,15 @@ test('a NATS server restart: members reconnect, re-announce and go on', { skip: 
     alpha = await member(name, 'alpha', { NATS_URL: url });
     await me.waitFor('alpha', { timeout: 5000 });
     assert.equal(await me.request('echo', 'before', { to: 'alpha' }), 'before');
+    me.sendMessage('m', 0, 'alpha');
+    const errors = [];
+    me.on('error', (err) => errors.push(err.message));
 
     const exited = new Promise((resolve) => server.once('exit', resolve));
     kill(server);
     await exited;
+    // Sent while the connection is down: lost (at most once), and the receiver says so later.
+    for (let i = 1; i <= 20; i++) me.sendMessage('m', i, 'alpha');
     await sleep(500);
     server = await startServer(port);
 
@@ -457,6 +462,9 @@ test('a NATS server restart: members reconnect, re-announce and go on', { skip: 
       }
     }
     assert.equal(answer, 'after');
+    assert.ok(errors.some((m) => /lost the connection/.test(m)), `errors: ${JSON.stringify(errors)}`);
+    const lost = await line(alpha, (l) => l.note === 'error' && /were lost/.test(l.message), 5000);
+    t.diagnostic(`alpha reported: ${lost.message}`);
     // And messages flow in order again.
     const got = [];
     const done = new Promise((resolve) => me.on('seq', (v) => (got.push(v), got.length === 1000 && resolve())));

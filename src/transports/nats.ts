@@ -296,7 +296,7 @@ class NatsTransport implements Transport {
     this.watchStatus(nc);
     this.state = 'joining';
 
-    this.subs.push(nc.subscribe(`${this.subjects.inbox}.>`, { callback: (err, msg) => !err && this.onInbox(msg) }));
+    this.subs.push(nc.subscribe(`${this.subjects.inbox}.>`, { callback: this.guard((msg) => this.onInbox(msg)) }));
     await this.flush(nc);
 
     // 1. Claim the id: whoever holds it answers; nobody holding it, the server says so at once.
@@ -304,10 +304,10 @@ class NatsTransport implements Transport {
     if (claim) throw new ShmbusError('ERR_SHMBUS_DUPLICATE_ID', claim);
 
     // 2. Listen as this member, then ask everyone present to answer within the join window.
-    const onData = (err: Error | null, msg: NatsMsg) => !err && this.onData(msg);
+    const onData = this.guard((msg) => this.onData(msg));
     this.subs.push(nc.subscribe(this.subjects.member(this.myToken), { callback: onData }));
     this.subs.push(nc.subscribe(this.subjects.all, { callback: onData }));
-    this.subs.push(nc.subscribe(this.subjects.presence, { callback: (err, msg) => !err && this.onPresence(msg) }));
+    this.subs.push(nc.subscribe(this.subjects.presence, { callback: this.guard((msg) => this.onPresence(msg)) }));
     await this.flush(nc);
     this.publishControl(this.subjects.presence, { t: 'query', r: `${this.subjects.inbox}.h` });
     await new Promise((resolve) => setTimeout(resolve, this.tune.joinWindow));
@@ -325,6 +325,18 @@ class NatsTransport implements Transport {
     debug('nats %s: %s joined as epoch %d with %d peers via %s', this.ctx.busName, this.ctx.id, this.epoch, this.members.size, nc.getServer());
   }
 
+  /** A subscription callback that never throws into the NATS client's reader (that would cut the connection). */
+  private guard(fn: (msg: NatsMsg) => void): (err: Error | null, msg: NatsMsg) => void {
+    return (err, msg) => {
+      if (err || this.state === 'closed') return;
+      try {
+        fn(msg);
+      } catch (e) {
+        this.report(e instanceof Error ? e : new Error(String(e)));
+      }
+    };
+  }
+
   private async connect(): Promise<NatsConnection> {
     let natsModule: { connect(options: Record<string, unknown>): Promise<NatsConnection> };
     try {
@@ -333,7 +345,8 @@ class NatsTransport implements Transport {
       throw new ShmbusError('ERR_SHMBUS_TRANSPORT', `the nats transport needs the package @nats-io/transport-node: ${(err as Error).message}`, { cause: err });
     }
     const options: Record<string, unknown> = {
-      servers: 'nats://127.0.0.1:4222',
+      // The client's own `port` option excludes `servers`.
+      ...(this.clientOptions.port === undefined ? { servers: 'nats://127.0.0.1:4222' } : {}),
       name: `shmbus ${this.ctx.busName} ${String(this.ctx.id)}`,
       maxReconnectAttempts: -1,
       reconnectTimeWait: 1000,
@@ -347,7 +360,7 @@ class NatsTransport implements Transport {
       return await natsModule.connect(options);
     } catch (err) {
       const e = err as Error & { name?: string };
-      const where = Array.isArray(options.servers) ? options.servers.join(', ') : String(options.servers);
+      const where = Array.isArray(options.servers) ? options.servers.join(', ') : options.servers !== undefined ? String(options.servers) : `port ${String(options.port)}`;
       if (e?.name === 'InvalidArgumentError') {
         throw new ShmbusError('ERR_SHMBUS_INVALID_ARG', `nats: ${e.message}`, { cause: err });
       }
@@ -413,6 +426,15 @@ class NatsTransport implements Transport {
     if (!nc || this.state !== 'member' || nc.isClosed()) {
       throw new ShmbusError('ERR_SHMBUS_TRANSPORT', 'the connection to the NATS server is closed');
     }
+    try {
+      this.sendOn(nc, targets, head, body);
+    } catch (err) {
+      if (err instanceof ShmbusError) throw err;
+      throw new ShmbusError('ERR_SHMBUS_TRANSPORT', `the NATS client refused the message: ${(err as Error)?.message ?? err}`, { cause: err });
+    }
+  }
+
+  private sendOn(nc: NatsConnection, targets: readonly MemberId[], head: Uint8Array, body: Uint8Array): void {
     const size = head.length + body.length;
     const maxPayload = nc.info?.max_payload ?? this.maxPayload;
     const isRequest = head[0] === FRAME_REQUEST && head.length >= 8;
