@@ -260,6 +260,8 @@ class NatsTransport implements Transport {
   private lostClaim?: string;
   private claimAnswer?: (answer: { t: string; i?: string; e?: number } | 'none') => void;
   private duplicateReported = false;
+  /** When this member's connection last came back: for a while after, other members are still reconnecting. */
+  private reconnectedAt = 0;
 
   constructor(ctx: TransportContext) {
     this.ctx = ctx;
@@ -591,6 +593,7 @@ class NatsTransport implements Transport {
             break;
           case 'reconnect':
             debug('nats %s: reconnected to %s', this.ctx.busName, s.server);
+            this.reconnectedAt = Date.now();
             this.maxPayload = nc.info?.max_payload ?? this.maxPayload;
             this.applyHold();
             if (this.state === 'member') {
@@ -744,7 +747,10 @@ class NatsTransport implements Transport {
     if (msg.data.length === 0 && msg.headers?.code === 503) {
       if (rest === 'c') return this.claimAnswer?.('none');
       if (rest.startsWith('n.')) {
-        // A frame or probe to a member found nobody listening: its connection is gone.
+        // A frame or probe to a member found nobody listening: its connection is gone. Right
+        // after this member's own reconnect (a server restart), others may just not be back yet:
+        // then only the presence expiry counts.
+        if (Date.now() - this.reconnectedAt < this.tune.presenceTimeout) return;
         const [, token, epochText] = rest.split('.');
         const id = this.fromToken(token);
         const peer = id === undefined ? undefined : this.members.get(id);
