@@ -49,5 +49,66 @@ for (const transport of transports) {
       assert.deepEqual(r.badIdInList, { sent: 'ERR_SHMBUS_INVALID_ARG', received: nobody });
       assert.deepEqual(r.unknownAlone, { sent: 'ERR_SHMBUS_UNKNOWN_PEER', received: nobody });
     });
+
+    test('a child_process.fork parent and children with named ids (the id option, SHMBUS_ID)', async () => {
+      const r = await resultOf('fork.mjs', { transport });
+      // The parent has no id option, no SHMBUS_ID and no cluster: a unique name from host and pid.
+      assert.match(r.id, /^[A-Za-z_][A-Za-z0-9_.-]{0,63}$/);
+      assert.ok(r.id.endsWith(`-${r.pid}`), `${r.id} is made from the host name and pid ${r.pid}`);
+      assert.equal(r.transport, transport);
+      const everyone = [r.id, 7, 'cache', 'mailer'];
+      const sortedNames = [r.id, 'cache', 'mailer'].sort();
+      assert.deepEqual(r.peers, [7, 'cache', 'mailer']);
+      assert.deepEqual(
+        r.children.map(({ id, transport, peers }) => ({ id, transport, peers })),
+        [
+          { id: 7, transport, peers: sortedNames },
+          { id: 'cache', transport, peers: [7, ...sortedNames.filter((n) => n !== 'cache')] },
+          { id: 'mailer', transport, peers: [7, ...sortedNames.filter((n) => n !== 'mailer')] },
+        ],
+      );
+      assert.deepEqual(r.toAll, { sent: { value: 4 }, received: onlyTo(everyone, everyone, 'hello<-mailer') });
+      assert.deepEqual(r.toOne, { sent: { value: 1 }, received: onlyTo(everyone, ['cache'], 'one<-7') });
+      assert.deepEqual(r.toList, { sent: { value: 3 }, received: onlyTo(everyone, [r.id, 7, 'cache'], 'list<-cache') });
+      assert.deepEqual(r.toParent, { sent: { value: 1 }, received: onlyTo(everyone, [r.id], 'one<-7') });
+      assert.deepEqual(r.unknown, { sent: 'ERR_SHMBUS_UNKNOWN_PEER', received: onlyTo(everyone, [], '') });
+    });
+
+    test('handle() and request(): values, remote errors, no handler, unknown peer, timeouts, abort, self', async () => {
+      const r = await resultOf('requests.mjs', { transport });
+      assert.equal(r.secondHandler, 'ERR_SHMBUS_INVALID_ARG');
+      assert.equal(r.handleReserved, 'ERR_SHMBUS_INVALID_ARG');
+      for (const [who, from] of [['fromParent', 'parent'], ['fromSibling', 'b']]) {
+        const q = r[who];
+        const at = (what) => `${what} (asked by ${from})`;
+        assert.deepEqual(q.value, { value: 42 }, at('value'));
+        assert.deepEqual(q.asyncValue.value?.echo, { x: [1, 2] }, at('async value'));
+        assert.equal(q.asyncValue.value.action, 'later', at('msg.action'));
+        assert.equal(q.asyncValue.value.by, 'a', at('answered by'));
+        if (from === 'b') assert.equal(q.asyncValue.value.from, 'b', at('msg.from'));
+        assert.equal(q.undefinedValue, 'resolved', at('undefined answer'));
+        assert.deepEqual(q.throws, { code: 'ERR_SHMBUS_REMOTE', message: 'disk full', remoteCode: 'ENOSPC' }, at('throws'));
+        assert.deepEqual(q.rejects, { code: 'ERR_SHMBUS_REMOTE', message: 'no code here' }, at('rejects'));
+        assert.equal(q.noHandler.code, 'ERR_SHMBUS_NO_HANDLER', at('no handler'));
+        assert.equal(q.unknownPeer.code, 'ERR_SHMBUS_UNKNOWN_PEER', at('unknown peer'));
+        assert.equal(q.timeout.code, 'ERR_SHMBUS_TIMEOUT', at('timeout'));
+        assert.ok(q.timeoutAfter >= 290, at(`the 300 ms timeout fired after ${q.timeoutAfter} ms`));
+        // open({ requestTimeout: 500 }) is the default of every request.
+        assert.equal(q.defaultTimeout.code, 'ERR_SHMBUS_TIMEOUT', at('default timeout'));
+        assert.ok(q.defaultTimeoutAfter >= 490 && q.defaultTimeoutAfter < 10_000, at(`the default timeout fired after ${q.defaultTimeoutAfter} ms`));
+        assert.equal(q.aborted.code, 'ERR_SHMBUS_ABORTED', at('aborted'));
+        assert.equal(q.abortedBefore.code, 'ERR_SHMBUS_ABORTED', at('aborted before'));
+        assert.equal(q.noToThrew, false, at('request() without `to` does not throw'));
+        assert.equal(q.noToIsPromise, true, at('request() without `to` returns a promise'));
+        assert.equal(q.noTo.code, 'ERR_SHMBUS_INVALID_ARG', at('no `to`'));
+        assert.equal(q.noOptions.code, 'ERR_SHMBUS_INVALID_ARG', at('no options'));
+        assert.equal(q.badTo.code, 'ERR_SHMBUS_INVALID_ARG', at('bad `to`'));
+        assert.equal(q.reserved.code, 'ERR_SHMBUS_INVALID_ARG', at('reserved action'));
+        assert.equal(q.badTimeout.code, 'ERR_SHMBUS_INVALID_ARG', at('bad timeout'));
+        assert.deepEqual(q.self, { value: 100 }, at('to self'));
+        assert.deepEqual(q.selfThrows, { code: 'ERR_SHMBUS_REMOTE', message: 'disk full', remoteCode: 'ENOSPC' }, at('to self, throws'));
+        assert.equal(q.selfNoHandler.code, 'ERR_SHMBUS_NO_HANDLER', at('to self, no handler'));
+      }
+    });
   });
 }

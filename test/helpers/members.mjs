@@ -1,7 +1,8 @@
 // A bus of N members, each a real process, that a coordinator drives through the bus itself:
 // every member serves a few requests ('send', 'got', 'info') so the coordinator can make any
 // member send anything and then ask every member what it received.
-import cluster from 'node:cluster';
+// No node:cluster here: a forked child that loads it counts as a cluster primary, the hub of a
+// bus of its own, not a member of its parent's (see clusterRole() in src/options.ts).
 import { fork } from 'node:child_process';
 import { codeOf } from './fixture.mjs';
 
@@ -10,11 +11,6 @@ export const RECORDED = ['hello', 'one', 'list', 'self', 'bad'];
 
 /** Whether this process is a child that forkChild() made. */
 export const isChild = process.env.FIXTURE_CHILD === '1';
-
-/** Forks this program again as a node:cluster worker, `n` times. */
-export function forkWorkers(n, env = {}) {
-  return Array.from({ length: n }, () => cluster.fork(env));
-}
 
 /** Forks this program again with child_process.fork, with `env` added (FIXTURE_CHILD=1). */
 export function forkChild(env = {}) {
