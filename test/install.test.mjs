@@ -1,7 +1,8 @@
 // The package as a user gets it: `npm pack`, then `npm install` of the tarball into an empty
-// project on a machine with no compiler. With the shipped prebuild the bus runs on shared memory;
-// with no prebuild (a platform we don't ship one for) the install still succeeds, says why in one
-// line, and the bus runs on the 'process' transport with one warning.
+// project. With the shipped prebuild the bus runs on shared memory, with no compiler anywhere.
+// Without a prebuild (a platform we ship none for) and without a compiler, the install still
+// succeeds, says why in one line, and the bus runs on the 'process' transport with one warning;
+// with a compiler, the install builds the addon from the shipped sources.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -14,6 +15,9 @@ const repo = fileURLToPath(new URL('..', import.meta.url));
 const libc = fs.existsSync('/etc/alpine-release') ? 'musl' : 'glibc';
 const prebuildDir = path.join(repo, 'prebuilds', `${process.platform}-${process.arch}`);
 let tmp;
+let noCompiler; // a directory of failing cc, g++, make, python3… to put first on PATH
+let tarball; // what `npm pack` made
+let bare; // the same package without prebuilds/
 
 /** The environment of a user's shell: none of the `npm test` run's npm_* variables. */
 function userEnv(extra = {}) {
@@ -31,6 +35,11 @@ function sh(cmd, args, options) {
   return { ...r, out };
 }
 
+/** The native sources binding.gyp compiles, as package paths. */
+function nativeSources() {
+  return [...fs.readFileSync(path.join(repo, 'binding.gyp'), 'utf8').matchAll(/"(native\/[^"]+\.(?:cc|c|cpp))"/g)].map((m) => m[1]);
+}
+
 /** The newest modification time among the files a prebuild is made from. */
 function newestSource() {
   const files = [path.join(repo, 'binding.gyp')];
@@ -45,18 +54,24 @@ function prebuildIsFresh() {
   return names.length > 0 && names.every((n) => fs.statSync(path.join(prebuildDir, n)).mtimeMs >= newestSource());
 }
 
-/** Installs `tarball` into a new, empty project under tmp, with no compiler on PATH. */
-function installInto(name, tarball) {
+/** Installs `pkg` into a new, empty project under tmp; `compiler: false` puts the failing tools first on PATH. */
+function installInto(name, pkg, { compiler }) {
   const project = path.join(tmp, name);
   fs.mkdirSync(project);
   fs.writeFileSync(path.join(project, 'package.json'), JSON.stringify({ name, private: true, type: 'module' }));
-  const r = sh('npm', ['install', '--prefer-offline', '--foreground-scripts', '--no-package-lock', tarball], {
-    cwd: project,
-    env: userEnv({ PATH: `${path.join(tmp, 'no-compiler')}${path.delimiter}${process.env.PATH}` }),
-  });
+  const env = compiler
+    ? userEnv(nodeHeaders())
+    : userEnv({ PATH: `${noCompiler}${path.delimiter}${process.env.PATH}` });
+  const r = sh('npm', ['install', '--prefer-offline', '--foreground-scripts', '--no-package-lock', pkg], { cwd: project, env });
   assert.equal(r.status, 0, r.out);
   fs.writeFileSync(path.join(project, 'probe.mjs'), PROBE);
-  return { project, install: r };
+  return { project, installed: path.join(project, 'node_modules', 'shmbus'), install: r };
+}
+
+/** node-gyp's headers from this Node's own prefix when it has them (no download), else npm's config. */
+function nodeHeaders() {
+  const prefix = path.resolve(path.dirname(process.execPath), '..');
+  return fs.existsSync(path.join(prefix, 'include', 'node', 'node_api.h')) ? { npm_config_nodedir: prefix } : {};
 }
 
 /** A user's program: open a bus with the defaults, send itself a message, then try 'shm' outright. */
@@ -91,19 +106,12 @@ function runProbe(project, args = [], env = {}) {
 
 before(() => {
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'shmbus-install-'));
-  // Every build tool node-gyp could reach fails, as on a machine without a toolchain.
-  const noCompiler = path.join(tmp, 'no-compiler');
+  noCompiler = path.join(tmp, 'no-compiler');
   fs.mkdirSync(noCompiler);
   for (const tool of ['cc', 'gcc', 'g++', 'c++', 'clang', 'clang++', 'make', 'gmake', 'python', 'python3']) {
     fs.writeFileSync(path.join(noCompiler, tool), `#!/bin/sh\necho "${tool}: not installed (shmbus install test)" >&2\nexit 127\n`, { mode: 0o755 });
   }
-});
 
-after(() => {
-  if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
-});
-
-test('the packed tarball installs without a compiler and runs on shared memory from its prebuild', { timeout: 150_000 }, (t) => {
   if (!prebuildIsFresh()) {
     const r = sh('npm', ['run', 'prebuildify'], { cwd: repo, env: userEnv() });
     assert.equal(r.status, 0, r.out);
@@ -112,52 +120,60 @@ test('the packed tarball installs without a compiler and runs on shared memory f
   // dist/ was built by `npm test`; --ignore-scripts skips a second `prepare`.
   const pack = sh('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', tmp], { cwd: repo, env: userEnv() });
   assert.equal(pack.status, 0, pack.out);
-  const [{ filename, files }] = JSON.parse(pack.stdout);
-  const paths = files.map((f) => f.path);
-  const tarball = path.join(tmp, filename);
+  tarball = path.join(tmp, JSON.parse(pack.stdout)[0].filename);
 
-  // What ships: the library, the prebuild, the sources for a source build, the install script.
-  assert.ok(paths.includes('dist/index.js') && paths.includes('dist/index.mjs') && paths.includes('dist/index.d.ts'), paths.join('\n'));
-  assert.ok(paths.some((p) => p.startsWith(`prebuilds/${process.platform}-${process.arch}/`) && p.endsWith(`.${libc}.node`)), paths.join('\n'));
-  assert.ok(paths.includes('binding.gyp') && paths.includes('native/binding.cc') && paths.includes('scripts/install.js'), paths.join('\n'));
-  // What doesn't: sources of the JS, tests, maps, build output.
-  const unwanted = paths.filter((p) => /^(src|test|build|native\/test|\.ci)\//.test(p) || p.endsWith('.map') || p.endsWith('.ts') && !p.endsWith('.d.ts'));
-  assert.deepEqual(unwanted, []);
-
-  const withPrebuild = installInto('with-prebuild', tarball);
-  assert.doesNotMatch(withPrebuild.install.stdout, /'process' transport/, withPrebuild.install.out);
-  assert.equal(fs.existsSync(path.join(withPrebuild.project, 'node_modules', 'shmbus', 'build')), false, 'a prebuild fits: nothing is compiled');
-
-  const auto = runProbe(withPrebuild.project);
-  assert.equal(auto.transport, 'shm', auto.out);
-  assert.deepEqual(auto.echoed, { n: 1 });
-  assert.deepEqual(auto.warnings, [], auto.out);
-
-  // SHMBUS_TRANSPORT overrides the default without a warning.
-  const forced = runProbe(withPrebuild.project, [], { SHMBUS_TRANSPORT: 'process' });
-  assert.equal(forced.transport, 'process', forced.out);
-  assert.deepEqual(forced.warnings, [], forced.out);
-
-  // The same package without its prebuilds: what a platform we ship none for gets.
   const unpacked = path.join(tmp, 'unpacked');
   fs.mkdirSync(unpacked);
   const untar = sh('tar', ['-xzf', tarball, '-C', unpacked], { cwd: tmp });
   assert.equal(untar.status, 0, untar.out);
   fs.rmSync(path.join(unpacked, 'package', 'prebuilds'), { recursive: true, force: true });
-  const bare = path.join(tmp, 'shmbus-no-prebuilds.tgz');
+  bare = path.join(tmp, 'shmbus-no-prebuilds.tgz');
   const retar = sh('tar', ['-czf', bare, '-C', unpacked, 'package'], { cwd: tmp });
   assert.equal(retar.status, 0, retar.out);
+});
 
-  const noPrebuild = installInto('no-prebuild', bare);
-  // The install succeeded (installInto checked) and said, in one line, what happens and what to do.
-  const said = noPrebuild.install.stdout.split('\n').filter((l) => l.startsWith('shmbus: '));
-  assert.equal(said.length, 1, noPrebuild.install.out);
-  assert.match(said[0], /no prebuilt addon for .*can't be built from source here: .*not found; shmbus will use the 'process' transport\. .*npm rebuild shmbus/, noPrebuild.install.out);
+after(() => {
+  if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
+});
+
+test('the tarball holds the library, the prebuild, the native sources and the install script, and nothing else', () => {
+  const pack = sh('tar', ['-tzf', tarball], { cwd: tmp });
+  assert.equal(pack.status, 0, pack.out);
+  const paths = pack.stdout.split('\n').filter(Boolean).map((p) => p.replace(/^package\//, ''));
+  const list = paths.join('\n');
+
+  for (const p of ['package.json', 'README.md', 'dist/index.js', 'dist/index.mjs', 'dist/index.d.ts', 'binding.gyp', 'scripts/install.js', ...nativeSources()]) {
+    assert.ok(paths.includes(p), `${p} is missing from the tarball:\n${list}`);
+  }
+  assert.ok(paths.some((p) => p.startsWith(`prebuilds/${process.platform}-${process.arch}/`) && p.endsWith(`.${libc}.node`)), list);
+  const unwanted = paths.filter((p) => /^(src|test|build|examples|\.ci|native\/[^/]+)\//.test(p) || p.endsWith('.map') || (p.endsWith('.ts') && !p.endsWith('.d.ts')));
+  assert.deepEqual(unwanted, []);
+});
+
+test('installed without a compiler, the prebuild runs the bus on shared memory; SHMBUS_TRANSPORT overrides', { timeout: 60_000 }, () => {
+  const { project, installed, install } = installInto('with-prebuild', tarball, { compiler: false });
+  assert.doesNotMatch(install.stdout, /^shmbus: /m, install.out);
+  assert.equal(fs.existsSync(path.join(installed, 'build')), false, 'a prebuild fits: nothing is compiled');
+
+  const auto = runProbe(project);
+  assert.equal(auto.transport, 'shm', auto.out);
+  assert.deepEqual(auto.echoed, { n: 1 });
+  assert.deepEqual(auto.warnings, [], auto.out);
+
+  const forced = runProbe(project, [], { SHMBUS_TRANSPORT: 'process' });
+  assert.equal(forced.transport, 'process', forced.out);
+  assert.deepEqual(forced.warnings, [], forced.out);
+});
+
+test('with no prebuild and no compiler the install succeeds with one line, and the bus runs on process with one warning', { timeout: 60_000 }, (t) => {
+  const { project, installed, install } = installInto('no-prebuild', bare, { compiler: false });
+  const said = install.stdout.split('\n').filter((l) => l.startsWith('shmbus: '));
+  assert.equal(said.length, 1, install.out);
+  assert.match(said[0], /no prebuilt addon for .*can't be built from source here: .*not found; shmbus will use the 'process' transport\. .*npm rebuild shmbus/, install.out);
   t.diagnostic(`install said: ${said[0]}`);
-  const installed = path.join(noPrebuild.project, 'node_modules', 'shmbus');
   assert.equal(fs.existsSync(path.join(installed, 'build', 'Release', 'shmbus.node')), false);
 
-  const fallback = runProbe(noPrebuild.project, ['try-shm']);
+  const fallback = runProbe(project, ['try-shm']);
   assert.equal(fallback.transport, 'process', fallback.out);
   assert.deepEqual(fallback.echoed, { n: 1 });
   assert.equal(fallback.warnings.length, 1, fallback.out);
@@ -165,4 +181,15 @@ test('the packed tarball installs without a compiler and runs on shared memory f
   t.diagnostic(`run time said: ${fallback.warnings[0]}`);
   assert.equal(fallback.shm.code, 'ERR_SHMBUS_TRANSPORT', fallback.out);
   assert.match(fallback.shm.message, /native addon did not load/, fallback.out);
+});
+
+test('with no prebuild and a compiler the install builds the addon from the shipped sources', { timeout: 90_000 }, () => {
+  const { project, installed, install } = installInto('source-build', bare, { compiler: true });
+  assert.match(install.stdout, /^shmbus: built the native addon from source$/m, install.out);
+  assert.ok(fs.existsSync(path.join(installed, 'build', 'Release', 'shmbus.node')), install.out);
+
+  const built = runProbe(project);
+  assert.equal(built.transport, 'shm', built.out);
+  assert.deepEqual(built.echoed, { n: 1 });
+  assert.deepEqual(built.warnings, [], built.out);
 });
