@@ -110,5 +110,61 @@ for (const transport of transports) {
         assert.equal(q.selfNoHandler.code, 'ERR_SHMBUS_NO_HANDLER', at('to self, no handler'));
       }
     });
+
+    test("codecs: v8 keeps Map, Set, Date, BigInt, typed arrays and Buffers; json; raw takes Buffers only", async () => {
+      const r = await resultOf('codecs.mjs', { transport });
+      const num = (value) => ({ type: 'number', value });
+      const str = (value) => ({ type: 'string', value });
+      const rich = {
+        type: 'Object',
+        fields: {
+          map: { type: 'Map', entries: [[str('a'), num(1)], [num(2), { type: 'Object', fields: { b: { type: 'Array', values: [num(3)] } } }]] },
+          set: { type: 'Set', values: [str('x'), num(7)] },
+          date: { type: 'Date', time: Date.UTC(2020, 1, 29, 12) },
+          big: { type: 'bigint', text: (2n ** 70n).toString() },
+          u8: { type: 'Uint8Array', values: [1, 2, 255] },
+          f64: { type: 'Float64Array', values: [0.5, -2] },
+          buf: { type: 'Buffer', hex: Buffer.from('shm').toString('hex') },
+          nested: { type: 'Object', fields: { list: { type: 'Array', values: [num(1), str('two'), { type: 'null' }, { type: 'boolean', value: true }] } } },
+        },
+      };
+      const asJson = {
+        type: 'Object',
+        fields: {
+          date: str('1970-01-01T00:00:00.000Z'),
+          map: { type: 'Object', fields: {} },
+          n: num(1.5),
+          s: str('é'),
+          list: { type: 'Array', values: [num(1), { type: 'null' }] },
+        },
+      };
+      const of = (list, codec) => list.filter((d) => d.codec === codec).map((d) => d.what);
+
+      assert.deepEqual(r.v8Sent, { value: 2 });
+      assert.deepEqual(of(r.described, 'v8'), [rich], 'what the child received');
+      assert.deepEqual(of(r.selfSeen, 'v8'), [rich], 'what the parent sent itself');
+      assert.deepEqual(r.v8Echo, rich, 'what came back as an answer');
+      assert.equal(r.v8Function, 'ERR_SHMBUS_SERIALIZE');
+      assert.equal(r.v8Symbol, 'ERR_SHMBUS_SERIALIZE');
+      assert.equal(r.v8RequestFunction.code, 'ERR_SHMBUS_SERIALIZE');
+
+      assert.deepEqual(r.jsonSent, { value: 1 });
+      assert.deepEqual(of(r.described, 'json'), [asJson]);
+      assert.deepEqual(r.jsonEcho, asJson);
+      assert.deepEqual(r.jsonUndefined, { type: 'undefined' });
+      assert.equal(r.jsonBigInt, 'ERR_SHMBUS_SERIALIZE');
+      assert.equal(r.jsonCyclic, 'ERR_SHMBUS_SERIALIZE');
+      assert.equal(r.jsonRequestBigInt.code, 'ERR_SHMBUS_SERIALIZE');
+
+      assert.deepEqual(r.rawSent, { value: 2 });
+      assert.deepEqual(r.rawUint8, { value: 1 });
+      assert.deepEqual(of(r.described, 'raw'), [{ type: 'Buffer', hex: '000102fe' }, { type: 'Buffer', hex: '0908' }]);
+      assert.deepEqual(of(r.selfSeen, 'raw'), [{ type: 'Buffer', hex: '000102fe' }]);
+      assert.deepEqual(r.rawEcho, { type: 'Buffer', hex: Buffer.from('back').toString('hex') });
+      assert.equal(r.rawString, 'ERR_SHMBUS_SERIALIZE');
+      assert.equal(r.rawObject, 'ERR_SHMBUS_SERIALIZE');
+      assert.equal(r.rawArray, 'ERR_SHMBUS_SERIALIZE');
+      assert.equal(r.rawRequestString.code, 'ERR_SHMBUS_SERIALIZE');
+    });
   });
 }
