@@ -126,15 +126,17 @@ export function resolveOptions(options: unknown): ResolvedOptions {
   if (name === '.' || name === '..') throw invalidArg(`name can't be ${show(name)}`);
   const id = o.id === undefined ? defaultId() : checkMemberId(o.id);
 
+  // A bad option is refused even where SHMBUS_TRANSPORT overrides it.
   let transport = o.transport ?? 'auto';
+  if (typeof transport !== 'string' || !TRANSPORTS.includes(transport)) {
+    throw invalidArg(`transport must be one of ${TRANSPORTS.join(', ')}, got ${show(transport)}`);
+  }
   const envTransport = process.env.SHMBUS_TRANSPORT;
   if (envTransport !== undefined && envTransport !== '') {
     if (!TRANSPORTS.includes(envTransport)) {
       throw invalidArg(`SHMBUS_TRANSPORT must be one of ${TRANSPORTS.join(', ')}, got ${show(envTransport)}`);
     }
     transport = envTransport as ResolvedOptions['transport'];
-  } else if (typeof transport !== 'string' || !TRANSPORTS.includes(transport)) {
-    throw invalidArg(`transport must be one of ${TRANSPORTS.join(', ')}, got ${show(transport)}`);
   }
 
   const codec = o.codec ?? 'v8';

@@ -166,5 +166,40 @@ for (const transport of transports) {
       assert.equal(r.rawArray, 'ERR_SHMBUS_SERIALIZE');
       assert.equal(r.rawRequestString.code, 'ERR_SHMBUS_SERIALIZE');
     });
+
+    test('sendMessage() refusals send nothing to anyone; bad names and options; a duplicate id', async () => {
+      const r = await resultOf('errors.mjs', { transport });
+      const me = Object.keys(r.unknownInList.received).find((id) => id !== 'a');
+      const none = { [me]: [], a: [] };
+      assert.deepEqual(r.unknownInList, { sent: 'ERR_SHMBUS_UNKNOWN_PEER', received: none }, "['a', 'ghost']: 'a' got nothing");
+      assert.deepEqual(r.unknownFromChild, { sent: 'ERR_SHMBUS_UNKNOWN_PEER', received: none });
+      assert.deepEqual(r.functionToAll, { sent: 'ERR_SHMBUS_SERIALIZE', received: none }, 'a function under v8');
+      assert.deepEqual(r.functionFromChild, { sent: 'ERR_SHMBUS_SERIALIZE', received: none });
+      assert.deepEqual(r.tooLarge, { sent: 'ERR_SHMBUS_TOO_LARGE', received: none }, 'over maxMessageSize');
+      assert.deepEqual(r.tooLargeFromChild, { sent: 'ERR_SHMBUS_TOO_LARGE', received: none });
+      assert.deepEqual(r.fits, { sent: { value: 1 }, received: { [me]: [], a: [`bad<-${me}`] } }, 'under maxMessageSize');
+      assert.deepEqual(r.nothingAfterAll, { sent: { value: 1 }, received: { [me]: [], a: [`one<-${me}`] } }, 'nothing refused went out late');
+
+      for (const name of ['peer:join', 'peer:leave', 'error']) {
+        assert.deepEqual(
+          r.reserved[name],
+          { sendMessage: 'ERR_SHMBUS_INVALID_ARG', handle: 'ERR_SHMBUS_INVALID_ARG', request: 'ERR_SHMBUS_INVALID_ARG', on: { value: 'ok' } },
+          name,
+        );
+      }
+      for (const [what, sendCode, onCode] of r.badActions) {
+        assert.equal(sendCode, 'ERR_SHMBUS_INVALID_ARG', `sendMessage with ${what} as the action`);
+        assert.equal(onCode, 'ERR_SHMBUS_INVALID_ARG', `on() with ${what} as the action`);
+      }
+      assert.deepEqual(r.longestAction, { value: 1 }, 'an action of 256 characters');
+      assert.deepEqual(r.unicodeAction, { value: 1 });
+      assert.equal(r.badTarget, 'ERR_SHMBUS_INVALID_ARG');
+
+      assert.equal(Object.keys(r.badOpen).length, 16);
+      for (const [what, code] of Object.entries(r.badOpen)) assert.equal(code, 'ERR_SHMBUS_INVALID_ARG', `open() with ${what}`);
+      assert.equal(r.duplicateOfChild, 'ERR_SHMBUS_DUPLICATE_ID');
+      assert.equal(r.duplicateOfParent, 'ERR_SHMBUS_DUPLICATE_ID');
+      assert.deepEqual(r.peersAfter, ['a'], 'the refused members never joined');
+    });
   });
 }
