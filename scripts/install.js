@@ -109,12 +109,12 @@ function runs(cmd, args) {
 }
 
 /**
- * `node-gyp rebuild --release`. From source on purpose, its output goes to the terminal;
- * otherwise it goes to build/install.log, and the summary is the first compiler error.
+ * `node-gyp rebuild`, one make job per core. From source on purpose, its output goes to the
+ * terminal; otherwise to build/install.log, and the summary is the first compiler error.
  */
 function buildFromSource(showOutput) {
   const [cmd, ...args] = nodeGyp();
-  args.push('rebuild', '--release');
+  args.push('rebuild', '--release', '--jobs', 'max');
   if (showOutput) {
     const child = spawnSync(cmd, args, { cwd: root, stdio: 'inherit' });
     return { ok: child.status === 0 };
