@@ -75,6 +75,8 @@ const PROBE = 250;
 const REQUEST_PROBE_LIMIT = 60_000;
 /** After this long without an acknowledgement while bytes are outstanding, ask the target where it is. */
 const SYNC_AFTER = 1000;
+/** Longest wait before small amounts taken from a member are acknowledged, in ms. */
+const ACK_DELAY = 10;
 
 const FRAME_REQUEST = 2;
 const FRAME_REPLY = 3;
@@ -195,6 +197,8 @@ interface Peer {
   bIn?: number;
   partial?: Partial;
   ackDue: boolean;
+  /** Bytes taken from the peer since the last acknowledgement. */
+  unacked: number;
   // What this member sent to the peer.
   useq: number;
   outU: SeqQueue;
@@ -256,6 +260,7 @@ class NatsTransport implements Transport {
   private sweepTimer?: NodeJS.Timeout;
   private lastSweep = 0;
   private ackScheduled = false;
+  private ackTimer?: NodeJS.Timeout;
   private closing?: Promise<void>;
   private lostClaim?: string;
   private claimAnswer?: (answer: { t: string; i?: string; e?: number } | 'none') => void;
@@ -403,6 +408,7 @@ class NatsTransport implements Transport {
     this.claimAnswer?.('none');
     clearInterval(this.hbTimer);
     clearInterval(this.sweepTimer);
+    clearTimeout(this.ackTimer);
     const nc = this.nc;
     this.closing = (async () => {
       if (!nc || nc.isClosed()) return;
@@ -656,6 +662,7 @@ class NatsTransport implements Transport {
       epoch,
       lastSeen: now,
       ackDue: false,
+      unacked: 0,
       useq: 0,
       outU: new SeqQueue(),
       outB: new SeqQueue(),
@@ -864,25 +871,47 @@ class NatsTransport implements Transport {
   private take(peer: Peer, stream: number, seq: number, frame: Buffer): void {
     if (stream === STREAM_BROADCAST) peer.bIn = seq;
     else peer.uIn = seq;
-    this.ackLater(peer);
+    peer.unacked += frame.length;
+    this.ackLater(peer, peer.unacked < this.ackThreshold);
     const kind = frame[0];
     if ((kind === FRAME_REPLY || kind === FRAME_FAILURE) && frame.length >= 8) peer.requests.delete(frame.readUInt32LE(4));
     this.ctx.host.frame(peer.id, frame);
   }
 
-  private ackLater(peer: Peer): void {
+  /**
+   * Acknowledges what was taken from `peer`: on the next turn of the loop once a good part of a
+   * queue's worth is unacknowledged, else within ACK_DELAY ms (so that a ping-pong does not cost an
+   * acknowledgement per message each way).
+   */
+  private ackLater(peer: Peer, lazy = false): void {
     peer.ackDue = true;
     if (this.ackScheduled) return;
+    if (lazy) {
+      this.ackTimer ??= setTimeout(() => {
+        this.ackTimer = undefined;
+        this.sendAcks();
+      }, ACK_DELAY).unref();
+      return;
+    }
     this.ackScheduled = true;
     setImmediate(() => this.sendAcks());
   }
 
+  private get ackThreshold(): number {
+    return Math.max(4096, this.ctx.maxQueueBytes / 8);
+  }
+
   private sendAcks(): void {
     this.ackScheduled = false;
+    if (this.ackTimer) {
+      clearTimeout(this.ackTimer);
+      this.ackTimer = undefined;
+    }
     if (this.state !== 'member') return;
     for (const peer of this.members.values()) {
       if (!peer.ackDue) continue;
       peer.ackDue = false;
+      peer.unacked = 0;
       this.publishControl(this.subjects.member(peer.token), { t: 'ack', te: peer.epoch, u: peer.uIn, b: peer.bIn });
     }
   }
