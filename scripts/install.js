@@ -36,7 +36,10 @@ function main() {
 
   const missing = hasSources ? whyNoSourceBuild() : 'the native sources are not in this copy of shmbus';
   if (missing !== undefined) {
-    if (fromSource) return fail(`shmbus: can't build the native addon from source: ${missing}`);
+    if (fromSource) {
+      const why = isCheckout() ? 'a development copy always builds it' : '--build-from-source asked for it';
+      return fail(`shmbus: can't build the native addon from source (${why}): ${missing}. Install make, g++ and python3 (Debian/Ubuntu: apt-get install make g++ python3).`);
+    }
     return fallback(`${prebuildProblem}, and it can't be built from source here: ${missing}`, hasSources ? HOW_TO_GET_SHM : '');
   }
 
