@@ -240,6 +240,30 @@ test('16 MiB payloads arrive whole: a request, its answer, and a broadcast', { s
   }
 });
 
+test('a sender killed in the middle of a 16 MiB message: the receiver gets all of it or none of it', { skip, timeout: 30_000 }, async (t) => {
+  const name = busName();
+  const me = await openHere(name, 'tester');
+  const alpha = await member(name, 'alpha');
+  try {
+    await me.waitFor('alpha', { timeout: 5000 });
+    const got = [];
+    me.on('big', (data) => got.push(data));
+    const left = new Promise((resolve) => me.on('peer:leave', resolve));
+    await me.request('bigThenDie', { to: 'tester', size: 16 * 2 ** 20 }, { to: 'alpha', timeout: 10_000 }).catch(() => {});
+    assert.equal(await left, 'alpha');
+    await sleep(200);
+    t.diagnostic(got.length === 0 ? 'the cut message was dropped' : 'the message had left whole before the kill');
+    assert.ok(got.length <= 1);
+    for (const data of got) {
+      assert.equal(data.length, 16 * 2 ** 20);
+      assert.ok(data.every((b) => b === 5));
+    }
+  } finally {
+    kill(alpha);
+    await me.close();
+  }
+});
+
 test('100k messages from one process to another arrive in order, with backpressure and drain()', { skip, timeout: 60_000 }, async (t) => {
   const name = busName();
   // A small queue limit so that the sender meets ERR_SHMBUS_BACKPRESSURE and waits in drain().
