@@ -29,7 +29,8 @@ function canConnect(port, host = '127.0.0.1', timeout = 1000) {
 
 const serverUp = await canConnect(4222);
 const NO_SERVER = 'no NATS server on 127.0.0.1:4222: start one (`nats-server -a 127.0.0.1`) to run the nats tests';
-const skip = !serverUp && process.env.CI !== 'true' ? NO_SERVER : false;
+// Without a server every test is skipped; under CI one test fails and says why.
+const skip = serverUp ? false : NO_SERVER;
 
 if (!serverUp && process.env.CI === 'true') {
   test('a NATS server is reachable on 127.0.0.1:4222 (required under CI)', () => {
