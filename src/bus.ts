@@ -53,6 +53,9 @@ export interface BusStats {
 
 const RESERVED = new Set(['peer:join', 'peer:leave', 'error']);
 const HEAD_CACHE_LIMIT = 1024;
+/** A frame of n bytes grows a target's queue by at most 2n + 256 bytes (transport framing, chunk headers). */
+const QUEUE_GROWTH_FACTOR = 2;
+const QUEUE_GROWTH_BYTES = 256;
 
 interface PendingRequest {
   to: MemberId;
@@ -104,6 +107,10 @@ export class Bus {
   private readonly waiters = new Set<Waiter>();
   private readonly counters = new Map<MemberId, PeerStats>();
   private readonly messageHeads = new Map<string, Buffer>();
+  /** Per member: its queuedBytes() when last read, and handedBytes then (see belowQueueLimit). */
+  private readonly queuedSeen = new Map<MemberId, { queued: number; at: number }>();
+  /** What the queues may have grown by since the bus opened: an upper bound, always rising. */
+  private handedBytes = 0;
   private nextRequestId = 1;
   private opened = false;
   private closed = false;
@@ -198,6 +205,8 @@ export class Bus {
 
   private targetsOf(to: MemberId | readonly MemberId[] | undefined): MemberId[] {
     if (to === undefined) return [this.id, ...this.members];
+    // The common case, one member (only valid ids are members): no list to check for repeats.
+    if (!Array.isArray(to) && (to === this.id || this.members.has(to as MemberId))) return [to as MemberId];
     const list = Array.isArray(to) ? to : [to];
     const targets: MemberId[] = [];
     const seen = new Set<MemberId>();
@@ -220,17 +229,20 @@ export class Bus {
       throw new ShmbusError('ERR_SHMBUS_TOO_LARGE', `a message of ${size} bytes is over maxMessageSize (${this.options.maxMessageSize})`);
     }
     let toSelf = false;
-    const others: MemberId[] = [];
     for (const id of targets) {
       if (id === this.id) toSelf = true;
-      else others.push(id);
-      if (!checkQueues) continue;
+      if (!checkQueues || this.belowQueueLimit(id, size)) continue;
       const queued = this.queuedBytes(id);
       if (queued > 0 && queued + size > this.options.maxQueueBytes) {
         throw new ShmbusError('ERR_SHMBUS_BACKPRESSURE', `member ${show(id)} has ${queued} bytes queued (maxQueueBytes ${this.options.maxQueueBytes}); await bus.drain() and retry`);
       }
+      if (id !== this.id) this.sawQueued(id, queued);
     }
-    if (others.length > 0) this.transportImpl.send(others, head, body);
+    const others = toSelf ? targets.filter((id) => id !== this.id) : targets;
+    if (others.length > 0) {
+      this.transportImpl.send(others, head, body);
+      this.handedBytes += QUEUE_GROWTH_FACTOR * size + QUEUE_GROWTH_BYTES;
+    }
     if (toSelf) this.enqueueSelf(head, body);
     for (const id of targets) {
       const c = this.counter(id);
@@ -241,6 +253,26 @@ export class Bus {
 
   private queuedBytes(id: MemberId): number {
     return id === this.id ? this.selfQueuedBytes : this.transportImpl.queuedBytes(id);
+  }
+
+  /**
+   * Whether member `id`'s queue surely has room for `size` more bytes without asking the
+   * transport (for shm, a native call per message). A queue grows only by what this bus hands
+   * the transport, so it is at most what was read last plus the growth allowed since then.
+   */
+  private belowQueueLimit(id: MemberId, size: number): boolean {
+    if (id === this.id) return false;
+    const seen = this.queuedSeen.get(id);
+    return seen !== undefined && seen.queued + (this.handedBytes - seen.at) + size <= this.options.maxQueueBytes;
+  }
+
+  private sawQueued(id: MemberId, queued: number): void {
+    const seen = this.queuedSeen.get(id);
+    if (seen === undefined) this.queuedSeen.set(id, { queued, at: this.handedBytes });
+    else {
+      seen.queued = queued;
+      seen.at = this.handedBytes;
+    }
   }
 
   private enqueueSelf(head: Uint8Array, body: Uint8Array): void {
@@ -424,6 +456,7 @@ export class Bus {
     if (this.closed || !this.members.delete(id)) return;
     debug('peer %s left', id);
     this.counters.delete(id);
+    this.queuedSeen.delete(id);
     for (const [requestId, entry] of this.pending) {
       if (entry.to === id) this.settle(requestId, new ShmbusError('ERR_SHMBUS_PEER_GONE', `member ${show(id)} left before answering`));
     }
