@@ -356,6 +356,32 @@ test('kill -9 during a request: ERR_SHMBUS_PEER_GONE within a few seconds, and t
   }
 });
 
+test('presence tuning: a shorter expiry finds the dead sooner, and allows for members that heartbeat more slowly', { skip, timeout: 30_000 }, async (t) => {
+  const name = busName();
+  const tuning = { heartbeatInterval: 100, presenceTimeout: 400 };
+  const me = await openHere(name, 'tester', { nats: tuning });
+  const fast = await member(name, 'fast', { NATS_OPTIONS: JSON.stringify(tuning) });
+  const slow = await member(name, 'slow'); // default: a heartbeat every 500 ms
+  try {
+    await me.waitFor(['fast', 'slow'], { timeout: 5000 });
+    const leaves = [];
+    me.on('peer:leave', (id) => leaves.push(id));
+    const left = new Promise((resolve) => me.on('peer:leave', (id) => id === 'fast' && resolve(Date.now())));
+    const killedAt = Date.now();
+    kill(fast);
+    const ms = (await left) - killedAt;
+    t.diagnostic(`peer:leave ${ms} ms after kill -9 with presenceTimeout 400`);
+    assert.ok(ms < 1500, `${ms} ms`);
+    await sleep(1500);
+    assert.deepEqual(leaves, ['fast'], 'a member with a slower heartbeat was taken for dead');
+    assert.deepEqual(me.peers(), ['slow']);
+  } finally {
+    kill(fast);
+    kill(slow);
+    await me.close();
+  }
+});
+
 test('ERR_SHMBUS_DUPLICATE_ID for a live id (another process, this process, two at once); UNKNOWN_PEER for an id never seen', { skip, timeout: 30_000 }, async () => {
   const name = busName();
   const me = await openHere(name, 'tester');

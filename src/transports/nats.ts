@@ -192,6 +192,8 @@ interface Peer {
   token: string;
   epoch: number;
   lastSeen: number;
+  /** The peer's own heartbeat interval (it may differ from this member's): expiry allows for it. */
+  interval: number;
   // What this member took from the peer.
   uIn?: number;
   bIn?: number;
@@ -218,6 +220,7 @@ interface Control {
   s?: unknown;
   m?: unknown;
   te?: unknown;
+  h?: unknown;
   u?: unknown;
   b?: unknown;
 }
@@ -540,7 +543,7 @@ class NatsTransport implements Transport {
   private publishControl(subject: string, fields: object, reply?: string, nc = this.nc): void {
     if (!nc || nc.isClosed()) return;
     try {
-      nc.publish(subject, controlBytes({ ...fields, id: this.ctx.id, e: this.epoch, i: this.inst }), reply ? { reply } : undefined);
+      nc.publish(subject, controlBytes({ ...fields, id: this.ctx.id, e: this.epoch, i: this.inst, h: this.tune.heartbeatInterval }), reply ? { reply } : undefined);
     } catch (err) {
       debug('nats: publish on %s failed: %s', subject, (err as Error).message);
     }
@@ -661,6 +664,7 @@ class NatsTransport implements Transport {
       token: idToken(id),
       epoch,
       lastSeen: now,
+      interval: 0,
       ackDue: false,
       unacked: 0,
       useq: 0,
@@ -673,6 +677,12 @@ class NatsTransport implements Transport {
     debug('nats %s: %s joined (epoch %d)', this.ctx.busName, id, epoch);
     if (this.reporting) this.ctx.host.join(id);
     return peer;
+  }
+
+  /** seen() for a presence message, which also tells the sender's heartbeat interval. */
+  private seenWith(c: Control, id: MemberId, epoch: number): void {
+    const peer = this.seen(id, epoch);
+    if (peer && typeof c.h === 'number' && c.h > 0 && c.h <= 600_000) peer.interval = c.h;
   }
 
   private remove(id: MemberId, why: string): void {
@@ -722,12 +732,12 @@ class NatsTransport implements Transport {
         if (typeof c.r === 'string' && (this.state === 'member' || this.state === 'joining')) {
           this.publishControl(c.r, { t: 'here', s: this.state === 'member' ? 'm' : 'j' });
         }
-        if (c.m === 1) this.seen(id, epoch);
+        if (c.m === 1) this.seenWith(c, id, epoch);
         return;
       }
       case 'hello':
       case 'hb':
-        this.seen(id, epoch);
+        this.seenWith(c, id, epoch);
         return;
       case 'bye': {
         const peer = this.members.get(id);
@@ -781,7 +791,7 @@ class NatsTransport implements Transport {
         else this.contest(c);
         return;
       }
-      if (c.s === 'm') this.seen(id, epoch);
+      if (c.s === 'm') this.seenWith(c, id, epoch);
     }
   }
 
@@ -980,7 +990,7 @@ class NatsTransport implements Transport {
       return;
     }
     for (const peer of [...this.members.values()]) {
-      if (now - peer.lastSeen > this.tune.presenceTimeout) {
+      if (now - peer.lastSeen > Math.max(this.tune.presenceTimeout, 2.5 * peer.interval)) {
         this.remove(peer.id, `not heard from for ${now - peer.lastSeen} ms`);
         continue;
       }
