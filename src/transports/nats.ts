@@ -25,6 +25,18 @@
  * slow consumer, a reconnect lost what was in flight) is reported as an error; delivery is at
  * most once. Frames over the server's max_payload go as chunks and are joined back; a chunk
  * stream that is cut is dropped, never delivered in part.
+ *
+ * Options (the `nats` section of open(); every other key goes to the client's connect()):
+ *   heartbeatInterval  500 ms   how often a member says it is alive
+ *   presenceTimeout   2000 ms   silence after which a member is gone (at least 2 heartbeats; a
+ *                               peer that heartbeats more slowly gets 2.5 of its own intervals)
+ *   joinWindow         150 ms   how long open() collects the answers of the members present
+ *   claimTimeout  max(1000, presenceTimeout) ms  how long open() waits for a subscribed holder
+ *                               of its id to answer before it takes the id as held
+ *   subjectPrefix   'shmbus'    the root of every subject
+ * Client defaults shmbus sets (overridable): servers 'nats://127.0.0.1:4222',
+ * maxReconnectAttempts -1 (forever), reconnectTimeWait 1000, pingInterval 10000, timeout 5000;
+ * noEcho is always true.
  */
 import { randomBytes } from 'node:crypto';
 import { debuglog } from 'node:util';
