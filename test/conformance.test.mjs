@@ -201,5 +201,26 @@ for (const transport of transports) {
       assert.equal(r.duplicateOfParent, 'ERR_SHMBUS_DUPLICATE_ID');
       assert.deepEqual(r.peersAfter, ['a'], 'the refused members never joined');
     });
+
+    for (const mode of ['cluster', 'fork']) {
+      test(`kill -9 of a member during requests (${mode}): PEER_GONE at once, peer:leave, the same id rejoins and answers`, async () => {
+        const r = await resultOf('kill.mjs', { transport, args: [mode] });
+        const victim = mode === 'cluster' ? 3 : 'helper';
+        assert.deepEqual(r.arrived, [r.me, r.witness].sort(), 'both requests were pending at the victim');
+        assert.equal(r.mine.code, 'ERR_SHMBUS_PEER_GONE');
+        assert.equal(r.theirs.code, 'ERR_SHMBUS_PEER_GONE', 'the request from another member');
+        // Rejected when the death was seen, not at the 30 s timeout.
+        assert.ok(r.mineAfter < 10_000, `PEER_GONE after ${r.mineAfter} ms`);
+        assert.ok(r.theirs.after < 10_000, `PEER_GONE after ${r.theirs.after} ms`);
+        assert.ok(!r.peersAfterKill.includes(victim), 'gone from peers()');
+        assert.deepEqual(r.answer.value?.id, victim, 'the new member answers as the same id');
+        assert.equal(r.newPid, true, 'from the new process');
+        assert.deepEqual(r.witnessAnswer.value?.id, victim, 'and answers the other members too');
+        for (const [id, events] of Object.entries(r.events)) {
+          assert.deepEqual(events.slice(-2), [`leave ${victim}`, `join ${victim}`], `what member ${id} saw`);
+        }
+        assert.ok(r.peers.includes(victim));
+      });
+    }
   });
 }
