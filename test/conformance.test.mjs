@@ -222,5 +222,30 @@ for (const transport of transports) {
         assert.ok(r.peers.includes(victim));
       });
     }
+
+    test('backpressure: a stopped receiver fills its queue, the send is refused whole, drain() waits for it to resume', async () => {
+      const r = await resultOf('backpressure.mjs', { transport, timeout: 60_000 });
+      assert.equal(r.flood.code, 'ERR_SHMBUS_BACKPRESSURE');
+      assert.ok(r.flood.accepted >= 1, 'the queue takes messages until it is full');
+      assert.ok(r.flood.accepted * r.padBytes <= r.maxQueueBytes, `${r.flood.accepted} KiB messages accepted for a 64 KiB queue`);
+      assert.equal(r.toBoth, 'ERR_SHMBUS_BACKPRESSURE', 'a list with the full member in it');
+      assert.equal(r.seqToParent, 0, 'the other member of that list got nothing');
+      assert.equal(r.drainWhileStopped, 'still waiting', 'drain() does not resolve while the receiver is stopped');
+      assert.equal(r.finish.drained, 'resolved', 'drain() resolves once it resumes');
+      assert.equal(r.finish.sent, r.total);
+      // Every accepted message arrived once, in order; the refused ones were never sent.
+      assert.deepEqual(r.sink, { count: r.total, outOfOrder: 0, from: ['pump'] });
+    });
+
+    test('100,000 messages each way between a cluster worker and the primary: all arrive, in order, once', async () => {
+      const r = await resultOf('flood.mjs', { transport, timeout: 90_000 });
+      const clean = { count: r.count, outOfOrder: 0, duplicates: 0, firstProblem: null };
+      assert.deepEqual(r.workerSeen, clean, 'what the worker received from the primary');
+      assert.deepEqual(r.primarySeen, clean, 'what the primary received from the worker');
+      assert.equal(r.workerSent.sent, r.count);
+      assert.equal(r.primarySent.sent, r.count);
+      // Senders that never yield on their own are held to maxQueueBytes (256 KiB) per target.
+      assert.ok(r.workerSent.backpressured > 0 && r.primarySent.backpressured > 0, 'the senders met backpressure');
+    });
   });
 }
