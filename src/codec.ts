@@ -63,10 +63,34 @@ function deserializeOneByteString(body: Buffer): string | undefined {
   return at + length === body.length ? body.toString('latin1', at, body.length) : undefined;
 }
 
+/** Finds a character above U+00FF (V8 answers at once for a string it holds as one-byte). */
+const NOT_LATIN1 = /[^\x00-\xff]/;
+
+/** A Latin-1 string in the v8 format (header, one-byte string tag, varint length, bytes), built in JS. */
+function serializeLatin1(text: string): Buffer {
+  const length = text.length;
+  let head = 4;
+  for (let n = length; n >= 0x80; n = Math.floor(n / 128)) head++;
+  const body = Buffer.allocUnsafe(head + length);
+  body[0] = 0xff;
+  body[1] = V8_VERSION;
+  body[2] = ONE_BYTE_STRING;
+  let at = 3;
+  let n = length;
+  while (n >= 0x80) {
+    body[at++] = (n & 0x7f) | 0x80;
+    n = Math.floor(n / 128);
+  }
+  body[at] = n;
+  body.write(text, head, 'latin1');
+  return body;
+}
+
 const v8Codec: Codec = {
   name: 'v8',
   encode(data) {
     const type = typeof data;
+    if (type === 'string' && !NOT_LATIN1.test(data as string)) return { body: serializeLatin1(data as string), flags: 0 };
     if (data === null || (type !== 'object' && type !== 'function' && type !== 'symbol')) {
       return { body: serializePrimitive(data), flags: 0 };
     }
