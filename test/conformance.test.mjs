@@ -247,5 +247,57 @@ for (const transport of transports) {
       // Senders that never yield on their own are held to maxQueueBytes (256 KiB) per target.
       assert.ok(r.workerSent.backpressured > 0 && r.primarySent.backpressured > 0, 'the senders met backpressure');
     });
+
+    test('handlers registered right after await open() see the first message and request', async () => {
+      const r = await resultOf('early.mjs', { transport });
+      assert.deepEqual(r.worker1, ['welcome<-primary']);
+      assert.deepEqual(r.worker2, ['welcome<-1', 'welcome<-primary'], 'messages sent on peer:join');
+      assert.deepEqual(r.answers, {
+        1: { value: '1 answers primary: first request' },
+        2: { value: '2 answers primary: first request' },
+      }, 'requests sent on peer:join find the handler, not ERR_SHMBUS_NO_HANDLER');
+    });
+
+    test('close(): pending request and waitFor() reject ERR_SHMBUS_CLOSED, close is idempotent, both processes end by themselves', async () => {
+      const r = await run('close.mjs', { transport, args: ['pending'], timeout: 20_000 });
+      assert.equal(r.code, 0, r.describe());
+      const out = r.result;
+      assert.ok(out, r.describe());
+      assert.equal(out.first, 'resolved');
+      assert.equal(out.second, 'resolved');
+      assert.equal(out.third, 'resolved');
+      assert.equal(out.pending.code, 'ERR_SHMBUS_CLOSED');
+      assert.equal(out.waiting, 'ERR_SHMBUS_CLOSED');
+      assert.ok(out.rejectedAfter < 10_000, 'at close, not at their 30 s timeouts');
+      assert.equal(out.sendAfter, 'ERR_SHMBUS_CLOSED');
+      assert.equal(out.requestAfterThrew, false);
+      assert.equal(out.requestAfter, 'ERR_SHMBUS_CLOSED');
+      assert.equal(out.waitForAfter, 'ERR_SHMBUS_CLOSED');
+      assert.equal(out.drainAfter, 'ERR_SHMBUS_CLOSED');
+      assert.deepEqual(r.lines.filter((l) => l.note).map((l) => l.note), [{ leave: 'parent' }], 'the child saw the parent leave');
+      assert.deepEqual(out.childExit, { code: 0, signal: null }, 'the child closed its bus and ended by itself');
+    });
+
+    test('a cluster primary that closes its bus once its workers are gone exits by itself', async () => {
+      const r = await run('close.mjs', { transport, args: ['primary-exits'], timeout: 20_000 });
+      assert.deepEqual(r.result, { exits: [{ id: 1, code: 0, signal: null }, { id: 2, code: 0, signal: null }] }, r.describe());
+      assert.equal(r.code, 0, r.describe());
+      assert.equal(r.signal, null);
+    });
+
+    test('a child that unref()s its bus exits by itself; an open bus keeps a process alive unless unref()d', async () => {
+      const child = await run('close.mjs', { transport, args: ['unref'], timeout: 20_000 });
+      assert.deepEqual(child.result, { childExit: { code: 0, signal: null }, hi: true }, child.describe());
+      assert.equal(child.code, 0);
+
+      const alive = await run('close.mjs', { transport, args: ['alive'], timeout: 20_000 });
+      assert.deepEqual(alive.result, { aliveAfter300ms: true }, alive.describe());
+      assert.equal(alive.code, 0);
+
+      const unrefd = await run('close.mjs', { transport, args: ['unref-alone'], timeout: 20_000 });
+      assert.equal(unrefd.code, 0, unrefd.describe());
+      assert.ok(unrefd.lines.some((l) => l.note?.opened), unrefd.describe());
+      assert.equal(unrefd.result, undefined, 'it ended before its unref()d 300 ms timer');
+    });
   });
 }
