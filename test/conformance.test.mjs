@@ -299,5 +299,70 @@ for (const transport of transports) {
       assert.ok(unrefd.lines.some((l) => l.note?.opened), unrefd.describe());
       assert.equal(unrefd.result, undefined, 'it ended before its unref()d 300 ms timer');
     });
+
+    test("'error' listeners, else process warnings; bus.stats() shape and counters; a Channel fed by a listener", async () => {
+      const r = await resultOf('events.mjs', { transport });
+      const thrown = ['listener failed: boom', 'listener failed: async'];
+      assert.deepEqual(r.withoutListener, { warnings: thrown, errors: [] }, "no 'error' listener: process.emitWarning");
+      assert.deepEqual(r.withListener, { warnings: thrown, errors: thrown }, "an 'error' listener gets them, no new warning");
+
+      const fields = ['drops', 'errors', 'queuedBytes', 'receivedBytes', 'receivedMessages', 'sentBytes', 'sentMessages'];
+      for (const stats of [r.stats, r.childStats]) {
+        assert.deepEqual(Object.keys(stats).sort(), ['codec', 'id', 'peers', 'transport']);
+        assert.equal(stats.transport, transport);
+        assert.equal(stats.codec, 'v8');
+        assert.deepEqual(Object.keys(stats.peers).sort(), [r.stats.id, 'c'].sort(), 'every member, self included');
+        for (const [id, peer] of Object.entries(stats.peers)) {
+          assert.deepEqual(Object.keys(peer).sort(), fields, `stats of ${id}`);
+          for (const f of fields) assert.ok(Number.isSafeInteger(peer[f]) && peer[f] >= 0, `${f} of ${id}: ${peer[f]}`);
+        }
+      }
+      assert.equal(r.childStats.id, 'c');
+      assert.equal(r.sentToChild.sentMessages, 4);
+      assert.ok(r.sentToChild.sentBytes > 4 * 'abc'.length);
+      assert.equal(r.sentToSelf.sentMessages, 2, 'messages to self count under its own id');
+      assert.equal(r.selfReceived.receivedMessages, 2);
+      assert.equal(r.childFromMe.receivedMessages, 5, '4 messages and the stats request');
+      assert.equal(r.childFromMe.drops, 1, 'the message nobody listens for');
+      assert.equal(r.childFromMe.errors, 0);
+      assert.ok(r.childFromMe.receivedBytes > r.sentToChild.sentBytes, 'the 4 messages and the request');
+
+      assert.deepEqual(r.ticks, [1, 2, 3]);
+      assert.equal(r.afterTicks, 'undefined', 'pop(100) with nothing pushed');
+      assert.ok(r.popWaited >= 90, `pop(100) waited ${r.popWaited} ms`);
+    });
+
+    test('NODE_DEBUG=shmbus prints debug lines', async () => {
+      const r = await run('probe.mjs', { transport, env: { NODE_DEBUG: 'shmbus' } });
+      assert.equal(r.result?.opened, true, r.describe());
+      assert.match(r.stderr, /^SHMBUS \d+: open \S+ as \S+ on \w+/m);
+      assert.match(r.stderr, /^SHMBUS \d+: close /m);
+      const quiet = await run('probe.mjs', { transport, env: { NODE_DEBUG: '' } });
+      assert.doesNotMatch(quiet.stderr, /SHMBUS \d+:/);
+    });
   });
 }
+
+describe('Channel (no transport involved)', () => {
+  test('push() then pop(), pop() then push(), FIFO order, undefined at the timeout', async () => {
+    const { Channel } = await import('shmbus');
+    const ch = new Channel();
+    ch.push(1);
+    ch.push(2);
+    assert.equal(ch.length, 2);
+    assert.equal(await ch.pop(), 1);
+    assert.equal(await ch.pop(10), 2);
+    const waiting = ch.pop(5000);
+    ch.push('late');
+    assert.equal(await waiting, 'late');
+    assert.equal(await ch.pop(20), undefined);
+    // A pop that timed out does not take a later value.
+    ch.push(3);
+    assert.equal(ch.length, 1);
+    assert.equal(await ch.pop(0), 3);
+    const two = [ch.pop(5000), ch.pop(5000)];
+    ch.push('a');
+    ch.push('b');
+    assert.deepEqual(await Promise.all(two), ['a', 'b']);
+  });
+});
