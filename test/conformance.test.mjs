@@ -220,6 +220,7 @@ for (const transport of transports) {
           assert.deepEqual(events.slice(-2), [`leave ${victim}`, `join ${victim}`], `what member ${id} saw`);
         }
         assert.ok(r.peers.includes(victim));
+        assert.equal(r.duplicate, 'ERR_SHMBUS_DUPLICATE_ID', `a new process opening as ${r.witness}, a live member`);
       });
     }
 
