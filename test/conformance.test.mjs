@@ -341,6 +341,21 @@ for (const transport of transports) {
       const quiet = await run('probe.mjs', { transport, env: { NODE_DEBUG: '' } });
       assert.doesNotMatch(quiet.stderr, /SHMBUS \d+:/);
     });
+
+    test('a member that closes while asked is PEER_GONE at once and may open again as the same id; 8 MiB messages arrive whole', async () => {
+      const r = await resultOf('lifecycle.mjs', { transport, timeout: 60_000 });
+      assert.deepEqual(r.leaving, { value: 'leaving' });
+      assert.equal(r.pending.code, 'ERR_SHMBUS_PEER_GONE');
+      assert.ok(r.pendingAfter < 10_000, `PEER_GONE after ${r.pendingAfter} ms, not at the 30 s timeout`);
+      assert.equal(r.back, 'resolved');
+      assert.equal(r.answer.value?.id, 'a');
+      assert.deepEqual(r.parentEvents.slice(-2), ['leave a', 'join a']);
+      assert.deepEqual(r.bEvents.slice(-2), ['leave a', 'join a']);
+      assert.equal(r.sendBig.sent, 2);
+      const big = { from: 'b', length: r.sendBig.length, digest: r.sendBig.digest };
+      assert.deepEqual(r.bigAtA, big);
+      assert.deepEqual(r.bigAtParent, big);
+    });
   });
 }
 
