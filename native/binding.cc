@@ -1,18 +1,20 @@
 // The Node-API glue: runs a shmbus::Member on the libuv loop of the Node environment.
+// JS runs only from Deliver(), after the member has returned: never inside a member call.
 //
 // Every fd the member watches gets a uv_poll_t. While traffic is recent a uv_idle_t polls the
 // rings on every loop iteration (the idle handle makes libuv poll for I/O with a zero timeout,
 // so other I/O keeps flowing); after `spinUs` of quiet the member parks and sleeps on its
 // doorbell. Frames and events collected during one pass reach JS in one call:
-//   deliver(batch: Buffer | undefined, meta: Int32Array, count: number, extras: any[])
+//   deliver(meta: Int32Array, count: number, extras: any[])
 // where meta holds `count` records of 4 int32 (kind, slot, a, b):
-//   0 FRAME  slot, a = offset in batch, b = length
+//   0 FRAME  slot, a = offset in the current batch Buffer, b = length
 //   1 FRAME  slot, a = index in extras of its own Buffer
 //   2 UP     slot, a = index in extras of the peer id
 //   3 DOWN   slot, a = index in extras of the peer id
 //   4 ERROR  a = index in extras of the message, b = index of the peer id (or -1)
 //   5 READY  every member present at start() is linked
 //   6 WRITABLE  bytes queued for some peer went down
+//   7 BATCH  a = index in extras of the Buffer that the FRAME records after it point into
 #include <napi.h>
 #include <uv.h>
 
@@ -31,7 +33,7 @@ using shmbus::Member;
 using shmbus::MemberOptions;
 
 constexpr size_t kMetaRecords = 1024;
-constexpr size_t kBatchBytes = 256 << 10;     // a pass's small frames share one Buffer up to this
+constexpr size_t kBatchBytes = 256 << 10;     // small frames share one Buffer up to this
 constexpr size_t kOwnBufferBytes = 16 << 10;  // frames from this size on get a Buffer of their own
 
 enum EventKind : int32_t {
@@ -42,6 +44,7 @@ enum EventKind : int32_t {
   kError = 4,
   kReady = 5,
   kWritable = 6,
+  kBatch = 7,
 };
 
 struct Record {
@@ -145,7 +148,11 @@ class Bus : public Napi::ObjectWrap<Bus>, public shmbus::Reactor, public shmbus:
       records_.push_back({kFrameOwn, static_cast<int32_t>(slot), Extra(b), 0});
       return;
     }
-    if (batch_.size() + len > kBatchBytes && !batch_.empty()) FlushBatch();
+    if (batch_.size() + len > kBatchBytes) SealBatch();
+    if (batch_extra_ < 0) {
+      batch_extra_ = Extra(std::string());  // filled in by SealBatch()
+      records_.push_back({kBatch, 0, batch_extra_, 0});
+    }
     records_.push_back({kFrame, static_cast<int32_t>(slot),
                         static_cast<int32_t>(batch_.size()), static_cast<int32_t>(len)});
     batch_.insert(batch_.end(), data, data + len);
@@ -242,10 +249,10 @@ class Bus : public Napi::ObjectWrap<Bus>, public shmbus::Reactor, public shmbus:
     Napi::HandleScope scope(self->Env());
     bool bell = w == self->bell_;
     self->member_.on_readable(w->tag);
-    if (bell) {
-      if (self->spin_ns_ > 0) self->GoHot();
-      else self->Park();
-    }
+    if (bell) self->GoHot();
+    // Whatever woke us, a parked member goes back to sleep with every ring's flag set: a link
+    // that came up, or a producer that rang and cleared its flag, must not leave one unset.
+    if (!self->hot_) self->Park();
     self->Deliver();
   }
 
@@ -293,18 +300,23 @@ class Bus : public Napi::ObjectWrap<Bus>, public shmbus::Reactor, public shmbus:
     return static_cast<int32_t>(extras_.size() - 1);
   }
 
-  void FlushBatch() { Deliver(); }
+  // Turns the small frames gathered so far into one Buffer (no JS runs here).
+  void SealBatch() {
+    if (batch_extra_ < 0) return;
+    Napi::Buffer<uint8_t> b = Napi::Buffer<uint8_t>::Copy(Env(), batch_.data(), batch_.size());
+    extras_[batch_extra_].second = Napi::Persistent(static_cast<Napi::Value>(b));
+    batch_.clear();
+    batch_extra_ = -1;
+  }
 
   void Deliver() {
     if (records_.empty() || closed_) return;
     Napi::Env env = Env();
+    SealBatch();
     std::vector<Record> records;
     records.swap(records_);
     std::vector<std::pair<std::string, Napi::Reference<Napi::Value>>> extras;
     extras.swap(extras_);
-    Napi::Value batch = env.Undefined();
-    if (!batch_.empty()) batch = Napi::Buffer<uint8_t>::Copy(env, batch_.data(), batch_.size());
-    batch_.clear();
     Napi::Value extras_js = env.Undefined();
     if (!extras.empty()) {
       Napi::Array a = Napi::Array::New(env, extras.size());
@@ -318,7 +330,7 @@ class Bus : public Napi::ObjectWrap<Bus>, public shmbus::Reactor, public shmbus:
     for (size_t i = 0; i < records.size() && !closed_; i += kMetaRecords) {
       size_t n = records.size() - i < kMetaRecords ? records.size() - i : kMetaRecords;
       std::memcpy(meta.Data(), &records[i], n * sizeof(Record));
-      deliver_.MakeCallback(Value(), {batch, meta, Napi::Number::New(env, double(n)), extras_js},
+      deliver_.MakeCallback(Value(), {meta, Napi::Number::New(env, double(n)), extras_js},
                             *context_);
       if (env.IsExceptionPending()) {
         Napi::Error e = env.GetAndClearPendingException();
@@ -344,6 +356,7 @@ class Bus : public Napi::ObjectWrap<Bus>, public shmbus::Reactor, public shmbus:
     records_.clear();
     extras_.clear();
     batch_.clear();
+    batch_extra_ = -1;
   }
 
   static void CleanupHook(void* arg) { static_cast<Bus*>(arg)->Shutdown(); }
@@ -365,6 +378,7 @@ class Bus : public Napi::ObjectWrap<Bus>, public shmbus::Reactor, public shmbus:
   std::vector<Record> records_;
   std::vector<std::pair<std::string, Napi::Reference<Napi::Value>>> extras_;
   std::vector<uint8_t> batch_;
+  int32_t batch_extra_ = -1;  // extras_ index of the Buffer batch_ will become
   std::unordered_map<uint32_t, Napi::Reference<Napi::Value>> large_;
   Member member_;  // last: destroyed first, while what it calls back into still exists
 };

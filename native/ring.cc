@@ -171,7 +171,7 @@ RingConsumer::Status RingConsumer::fail(const char* what) {
   return kCorrupt;
 }
 
-bool RingConsumer::has_data() const { return load_acquire(&hdr_->tail) != head_; }
+bool RingConsumer::has_data() const { return load_sc(&hdr_->tail) != head_; }
 
 void RingConsumer::set_waiting(bool on) { store_sc(&hdr_->consumer_waiting, on ? 1u : 0u); }
 

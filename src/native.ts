@@ -13,6 +13,7 @@ export const enum NativeEvent {
   ERROR = 4,
   READY = 5,
   WRITABLE = 6,
+  BATCH = 7,
 }
 
 export interface NativeBusOptions {
@@ -28,7 +29,6 @@ export interface NativeBusOptions {
 }
 
 export type NativeDeliver = (
-  batch: Buffer | undefined,
   meta: Int32Array,
   count: number,
   extras: Array<Buffer | string> | undefined,

@@ -91,6 +91,8 @@ export class ShmTransport implements Transport {
   private refed = true;
   private closed = false;
   private onReady?: () => void;
+  /** The Buffer that FRAME records point into (set by a BATCH record; may span deliver calls). */
+  private batch?: Buffer;
 
   constructor(ctx: TransportContext) {
     this.ctx = ctx;
@@ -119,7 +121,7 @@ export class ShmTransport implements Transport {
         maxMessageSize: this.ctx.maxMessageSize,
         notifyBytes: Math.max(1, Math.floor(this.ctx.maxQueueBytes / 2)),
       },
-      (batch, meta, count, extras) => this.deliver(batch, meta, count, extras),
+      (meta, count, extras) => this.deliver(meta, count, extras),
     );
     const ready = new Promise<void>((resolve) => (this.onReady = resolve));
     const [result, message, pending] = native.start();
@@ -186,52 +188,63 @@ export class ShmTransport implements Transport {
     this.native?.unref();
   }
 
-  private deliver(batch: Buffer | undefined, meta: Int32Array, count: number, extras: Array<Buffer | string> | undefined): void {
+  private deliver(meta: Int32Array, count: number, extras: Array<Buffer | string> | undefined): void {
     const host = this.ctx.host;
+    let thrown: unknown;
     for (let i = 0; i < count && !this.closed; i++) {
       const kind = meta[4 * i];
       const slot = meta[4 * i + 1];
       const a = meta[4 * i + 2];
       const b = meta[4 * i + 3];
-      switch (kind) {
-        case NativeEvent.FRAME: {
-          const from = this.idBySlot.get(slot);
-          if (from !== undefined) host.frame(from, batch!.subarray(a, a + b));
-          break;
+      // The host's callbacks are the bus's; should one throw, the rest of the batch still goes
+      // through and the first error is rethrown after it, as an uncaught exception.
+      try {
+        switch (kind) {
+          case NativeEvent.BATCH:
+            this.batch = extras![a] as Buffer;
+            break;
+          case NativeEvent.FRAME: {
+            const from = this.idBySlot.get(slot);
+            if (from !== undefined) host.frame(from, this.batch!.subarray(a, a + b));
+            break;
+          }
+          case NativeEvent.FRAME_OWN: {
+            const from = this.idBySlot.get(slot);
+            if (from !== undefined) host.frame(from, extras![a] as Buffer);
+            break;
+          }
+          case NativeEvent.UP: {
+            const name = extras![a] as string;
+            const id = parseId(name);
+            this.idBySlot.set(slot, id);
+            this.slotById.set(name, slot);
+            host.join(id);
+            break;
+          }
+          case NativeEvent.DOWN: {
+            const name = extras![a] as string;
+            const id = this.idBySlot.get(slot);
+            this.idBySlot.delete(slot);
+            if (this.slotById.get(name) === slot) this.slotById.delete(name);
+            if (id !== undefined && !this.slotById.has(name)) host.leave(id);
+            this.reap(name, 0);
+            break;
+          }
+          case NativeEvent.ERROR:
+            host.error(new ShmbusError('ERR_SHMBUS_PROTOCOL', `shm: ${extras![a] as string}`));
+            break;
+          case NativeEvent.READY:
+            this.onReady?.();
+            break;
+          case NativeEvent.WRITABLE:
+            host.writable();
+            break;
         }
-        case NativeEvent.FRAME_OWN: {
-          const from = this.idBySlot.get(slot);
-          if (from !== undefined) host.frame(from, extras![a] as Buffer);
-          break;
-        }
-        case NativeEvent.UP: {
-          const name = extras![a] as string;
-          const id = parseId(name);
-          this.idBySlot.set(slot, id);
-          this.slotById.set(name, slot);
-          host.join(id);
-          break;
-        }
-        case NativeEvent.DOWN: {
-          const name = extras![a] as string;
-          const id = this.idBySlot.get(slot);
-          this.idBySlot.delete(slot);
-          if (this.slotById.get(name) === slot) this.slotById.delete(name);
-          if (id !== undefined && !this.slotById.has(name)) host.leave(id);
-          this.reap(name, 0);
-          break;
-        }
-        case NativeEvent.ERROR:
-          host.error(new ShmbusError('ERR_SHMBUS_PROTOCOL', `shm: ${extras![a] as string}`));
-          break;
-        case NativeEvent.READY:
-          this.onReady?.();
-          break;
-        case NativeEvent.WRITABLE:
-          host.writable();
-          break;
+      } catch (err) {
+        if (thrown === undefined) thrown = err;
       }
     }
+    if (thrown !== undefined) throw thrown;
   }
 
   /** Removes a dead member's socket file once its lock is free (it may lag its sockets). */
