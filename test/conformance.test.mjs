@@ -50,24 +50,25 @@ for (const transport of transports) {
       assert.deepEqual(r.unknownAlone, { sent: 'ERR_SHMBUS_UNKNOWN_PEER', received: nobody });
     });
 
-    test('a child_process.fork parent and children with named ids (the id option, SHMBUS_ID)', async () => {
+    test('a child_process.fork parent and children: ids from the id option, SHMBUS_ID, NODE_APP_INSTANCE, host and pid', async () => {
       const r = await resultOf('fork.mjs', { transport });
       // The parent has no id option, no SHMBUS_ID and no cluster: a unique name from host and pid.
       assert.match(r.id, /^[A-Za-z_][A-Za-z0-9_.-]{0,63}$/);
       assert.ok(r.id.endsWith(`-${r.pid}`), `${r.id} is made from the host name and pid ${r.pid}`);
       assert.equal(r.transport, transport);
-      const everyone = [r.id, 7, 'cache', 'mailer'];
+      const everyone = [r.id, 5, 7, 'cache', 'mailer'];
       const sortedNames = [r.id, 'cache', 'mailer'].sort();
-      assert.deepEqual(r.peers, [7, 'cache', 'mailer']);
+      assert.deepEqual(r.peers, [5, 7, 'cache', 'mailer']);
       assert.deepEqual(
         r.children.map(({ id, transport, peers }) => ({ id, transport, peers })),
         [
-          { id: 7, transport, peers: sortedNames },
-          { id: 'cache', transport, peers: [7, ...sortedNames.filter((n) => n !== 'cache')] },
-          { id: 'mailer', transport, peers: [7, ...sortedNames.filter((n) => n !== 'mailer')] },
+          { id: 5, transport, peers: [7, ...sortedNames] },
+          { id: 7, transport, peers: [5, ...sortedNames] },
+          { id: 'cache', transport, peers: [5, 7, ...sortedNames.filter((n) => n !== 'cache')] },
+          { id: 'mailer', transport, peers: [5, 7, ...sortedNames.filter((n) => n !== 'mailer')] },
         ],
       );
-      assert.deepEqual(r.toAll, { sent: { value: 4 }, received: onlyTo(everyone, everyone, 'hello<-mailer') });
+      assert.deepEqual(r.toAll, { sent: { value: 5 }, received: onlyTo(everyone, everyone, 'hello<-mailer') });
       assert.deepEqual(r.toOne, { sent: { value: 1 }, received: onlyTo(everyone, ['cache'], 'one<-7') });
       assert.deepEqual(r.toList, { sent: { value: 3 }, received: onlyTo(everyone, [r.id, 7, 'cache'], 'list<-cache') });
       assert.deepEqual(r.toParent, { sent: { value: 1 }, received: onlyTo(everyone, [r.id], 'one<-7') });
@@ -327,6 +328,14 @@ for (const transport of transports) {
       assert.equal(r.childFromMe.drops, 1, 'the message nobody listens for');
       assert.equal(r.childFromMe.errors, 0);
       assert.ok(r.childFromMe.receivedBytes > r.sentToChild.sentBytes, 'the 4 messages and the request');
+
+      assert.deepEqual(r.selfCalls, [
+        { n: 1, inCall: false },
+        { n: 1, late: true },
+        { n: 2, inCall: false },
+        { n: 2, late: true },
+      ], 'messages to self are delivered on a later turn, to the listeners there by then');
+      assert.deepEqual(r.heardBeforeOff, [1], 'off() removes a listener');
 
       assert.deepEqual(r.ticks, [1, 2, 3]);
       assert.equal(r.afterTicks, 'undefined', 'pop(100) with nothing pushed');
