@@ -306,7 +306,7 @@ function targetLines(results: readonly Result[]): string[] {
     const b = refOf(results, t.ref, t.payload);
     if (!r || !b) continue;
     const x = t.metric === 'p50' ? b.rtt_us.p50 / r.rtt_us.p50 : t.metric === 'msgs' ? r.msgs_per_s / b.msgs_per_s : r.mb_per_s / b.mb_per_s;
-    lines.push(`  ${x >= t.factor ? 'holds' : 'MISSED'}  ${t.text}: ${fmtRatio(x)}`);
+    lines.push(`  ${x >= t.factor ? 'holds ' : 'MISSED'}  ${t.text}: ${x.toFixed(2)}x`);
   }
   return lines;
 }
