@@ -365,6 +365,16 @@ for (const transport of transports) {
       assert.deepEqual(r.bigAtA, big);
       assert.deepEqual(r.bigAtParent, big);
     });
+
+    test('the member that forked the others dies: its pending request fails PEER_GONE at once, the orphan ends by itself', async () => {
+      // The result is printed only once the orphan has ended (it holds the root's pipe until then).
+      const r = await resultOf('orphan.mjs', { transport, timeout: 30_000 });
+      assert.equal(r.bossSignal, 'SIGKILL');
+      assert.equal(r.asker?.end.code, 'ERR_SHMBUS_PEER_GONE');
+      assert.ok(r.asker.after < 10_000, `PEER_GONE after ${r.asker.after} ms, not at the 30 s timeout`);
+      assert.deepEqual(r.asker.events, ['leave boss']);
+      assert.deepEqual(r.asker.peers, []);
+    });
   });
 }
 
