@@ -59,7 +59,8 @@ export function renderSvg(results: readonly Result[], m: Machine, o: BenchOption
     const lo = values.length ? Math.floor(Math.log10(Math.min(...values))) : 0;
     const hi = values.length ? Math.ceil(Math.log10(Math.max(...values)) + 0.0001) : 1;
     const span = Math.max(1, hi - lo);
-    const y = (v: number): number => top + plotH - ((Math.log10(v) - lo) / span) * plotH;
+    // The top 18% is left for the value printed above the tallest bar.
+    const y = (v: number): number => top + plotH - ((Math.log10(v) - lo) / span) * plotH * 0.82;
     parts.push(`<text x="${left}" y="${top - 10}" font-size="13" font-weight="bold">${esc(panel.title)}</text>`);
     for (let e = lo; e <= lo + span; e++) {
       const gy = y(10 ** e);
