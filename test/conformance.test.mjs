@@ -56,20 +56,21 @@ for (const transport of transports) {
       assert.match(r.id, /^[A-Za-z_][A-Za-z0-9_.-]{0,63}$/);
       assert.ok(r.id.endsWith(`-${r.pid}`), `${r.id} is made from the host name and pid ${r.pid}`);
       assert.equal(r.transport, transport);
-      const everyone = [r.id, 5, 7, 'cache', 'mailer'];
+      const everyone = [r.id, 0, 7, 'cache', 'mailer'];
       const sortedNames = [r.id, 'cache', 'mailer'].sort();
-      assert.deepEqual(r.peers, [5, 7, 'cache', 'mailer']);
+      assert.deepEqual(r.peers, [0, 7, 'cache', 'mailer']);
       assert.deepEqual(
         r.children.map(({ id, transport, peers }) => ({ id, transport, peers })),
         [
-          { id: 5, transport, peers: [7, ...sortedNames] },
-          { id: 7, transport, peers: [5, ...sortedNames] },
-          { id: 'cache', transport, peers: [5, 7, ...sortedNames.filter((n) => n !== 'cache')] },
-          { id: 'mailer', transport, peers: [5, 7, ...sortedNames.filter((n) => n !== 'mailer')] },
+          { id: 0, transport, peers: [7, ...sortedNames] },
+          { id: 7, transport, peers: [0, ...sortedNames] },
+          { id: 'cache', transport, peers: [0, 7, ...sortedNames.filter((n) => n !== 'cache')] },
+          { id: 'mailer', transport, peers: [0, 7, ...sortedNames.filter((n) => n !== 'mailer')] },
         ],
       );
       assert.deepEqual(r.toAll, { sent: { value: 5 }, received: onlyTo(everyone, everyone, 'hello<-mailer') });
       assert.deepEqual(r.toOne, { sent: { value: 1 }, received: onlyTo(everyone, ['cache'], 'one<-7') });
+      assert.deepEqual(r.toZero, { sent: { value: 1 }, received: onlyTo(everyone, [0], 'one<-mailer') }, 'member 0');
       assert.deepEqual(r.toList, { sent: { value: 3 }, received: onlyTo(everyone, [r.id, 7, 'cache'], 'list<-cache') });
       assert.deepEqual(r.toParent, { sent: { value: 1 }, received: onlyTo(everyone, [r.id], 'one<-7') });
       assert.deepEqual(r.unknown, { sent: 'ERR_SHMBUS_UNKNOWN_PEER', received: onlyTo(everyone, [], '') });
