@@ -231,13 +231,19 @@ for (const transport of transports) {
       assert.equal(r.flood.code, 'ERR_SHMBUS_BACKPRESSURE');
       assert.ok(r.flood.accepted >= 1, 'the queue takes messages until it is full');
       assert.ok(r.flood.accepted * r.padBytes <= r.maxQueueBytes, `${r.flood.accepted} KiB messages accepted for a 64 KiB queue`);
-      assert.equal(r.toBoth, 'ERR_SHMBUS_BACKPRESSURE', 'a list with the full member in it');
-      assert.equal(r.seqToParent, 0, 'the other member of that list got nothing');
+      assert.equal(r.toAll, 'ERR_SHMBUS_BACKPRESSURE', 'to all, the full member among them');
+      assert.equal(r.toList, 'ERR_SHMBUS_BACKPRESSURE', 'a list with the full member in it');
+      assert.equal(r.seqToParent, 0, 'the other members got nothing: the parent');
+      assert.equal(r.finish.toSelf, 0, 'the other members got nothing: the sender itself');
       assert.equal(r.drainWhileStopped, 'still waiting', 'drain() does not resolve while the receiver is stopped');
       assert.equal(r.finish.drained, 'resolved', 'drain() resolves once it resumes');
       assert.equal(r.finish.sent, r.total);
       // Every accepted message arrived once, in order; the refused ones were never sent.
       assert.deepEqual(r.sink, { count: r.total, outOfOrder: 0, from: ['pump'] });
+      // A member's queue to itself is bounded the same way, and drained by its own loop.
+      assert.equal(r.selfFlood.code, 'ERR_SHMBUS_BACKPRESSURE');
+      assert.ok(r.selfFlood.accepted > 0);
+      assert.equal(r.selfFlood.inOrder, true);
     });
 
     test('100,000 messages each way between a cluster worker and the primary: all arrive, in order, once', async () => {
