@@ -373,7 +373,9 @@ export async function runBench(o: BenchOptions): Promise<number> {
   const results: Result[] = [];
   let failed = false;
   let done = 0;
+  const skipped = new Map<BenchTransport, string>();
   for (const { transport, codec } of plan) {
+    if (skipped.has(transport)) continue;
     process.stderr.write(`${transport}/${codec}: starting\n`);
     const cfg: MemberConfig = {
       transport,
@@ -392,6 +394,7 @@ export async function runBench(o: BenchOptions): Promise<number> {
     });
     if (outcome.status === 'unavailable') {
       process.stderr.write(`${transport}: skipped, it can't run here: ${outcome.reason}\n`);
+      skipped.set(transport, outcome.reason);
       if (o.transportsGiven) failed = true;
     } else if (outcome.status === 'failed') {
       process.stderr.write(`${transport}/${codec}: FAILED: ${outcome.reason}\n`);
@@ -406,6 +409,9 @@ export async function runBench(o: BenchOptions): Promise<number> {
     process.stderr.write(`wrote ${o.svg}\n`);
   }
   if (o.json) process.stdout.write(JSON.stringify({ machine: m, results }) + '\n');
-  else process.stdout.write(renderTable(results, m, o));
+  else {
+    process.stdout.write(renderTable(results, m, o));
+    for (const [t, reason] of skipped) process.stdout.write(`\n${t}: skipped, it can't run here: ${reason}\n`);
+  }
   return failed ? 1 : 0;
 }

@@ -385,6 +385,9 @@ async function peer(cfg: MemberConfig): Promise<void> {
 }
 
 if (require.main === module) {
+  // The benchmark names each transport and id itself: the environment must not override them.
+  delete process.env.SHMBUS_TRANSPORT;
+  delete process.env.SHMBUS_ID;
   const [role, json] = process.argv.slice(2);
   const cfg = JSON.parse(json) as MemberConfig;
   const run = role === 'driver' ? driver(cfg) : peer(cfg);
