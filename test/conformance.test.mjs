@@ -240,6 +240,8 @@ for (const transport of transports) {
       assert.equal(r.finish.sent, r.total);
       // Every accepted message arrived once, in order; the refused ones were never sent.
       assert.deepEqual(r.sink, { count: r.total, outOfOrder: 0, from: ['pump'] });
+      assert.equal(r.filled, 'ERR_SHMBUS_BACKPRESSURE');
+      assert.deepEqual(r.drainedAfterDeath, { code: 'ERR_SHMBUS_BACKPRESSURE', drain: 'resolved' }, 'drain() ends when the full member dies');
       // A member's queue to itself is bounded the same way, and drained by its own loop.
       assert.equal(r.selfFlood.code, 'ERR_SHMBUS_BACKPRESSURE');
       assert.ok(r.selfFlood.accepted > 0);
