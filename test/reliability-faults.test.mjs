@@ -125,6 +125,25 @@ describe('reliability: faults', () => {
     }
   });
 
+  test('shm: garbage over a member\'s rings (needs /proc/<pid>/map_files): its peers close it with an error event; nothing else breaks', { skip: noShm || (process.getuid?.() !== 0 && 'writing into another process\'s mappings needs root'), timeout: 60_000 }, async () => {
+    const r = await scenario('shm', 'corrupt', {}, 50_000);
+    assert.ok(r.scribbled >= 4, `only ${r.scribbled} ring mappings found in the victim`);
+    for (const m of ['m1', 'm2']) {
+      assert.deepEqual(r.errors[m].left, ['v'], `${m} saw only the victim leave`);
+      assert.ok(
+        r.errors[m].errors.length > 0 && r.errors[m].errors.every((e) => e.code === 'ERR_SHMBUS_PROTOCOL' && /member v is corrupt/.test(e.message)),
+        `${m}'s error events: ${JSON.stringify(r.errors[m].errors)}`,
+      );
+      checkPrefix(r.reports, m, 'v');
+    }
+    assert.deepEqual(r.peersOfM1, ['coord', 'm2']);
+    assert.deepEqual(r.peersOfM2, ['coord', 'm1']);
+    checkComplete(r.reports, r.flood, 'm1', 'm2');
+    checkComplete(r.reports, r.flood, 'm2', 'm1');
+    assert.equal(r.victimAlive, true, 'the victim process itself did not crash');
+    assert.equal(r.echoAfter, 'ok');
+  });
+
   test('shm: 100 members join, talk and die (kill -9, exit, throw, close); survivors\' fds, memfd mappings and /dev/shm come back', { skip: noShm, timeout: 150_000 }, async () => {
     const r = await scenario('shm', 'churn', { cycles: 100, width: 5, deadline: 130_000 }, 140_000);
     assert.equal(r.cycles, 100);
