@@ -31,8 +31,8 @@ const busName = () => `t${process.pid}_${++runs}`;
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Starts test/fixtures/shm-member.mjs as a program of its own; resolves once it has joined. */
-function member(bus, id) {
-  const env = { ...process.env, SHMBUS_DIR: root };
+function member(bus, id, extraEnv = {}) {
+  const env = { ...process.env, SHMBUS_DIR: root, ...extraEnv };
   delete env.NODE_TEST_CONTEXT;
   const child = spawn(process.execPath, [FIXTURE, bus, String(id)], { env, stdio: ['ignore', 'pipe', 'inherit'] });
   children.add(child);
@@ -72,8 +72,8 @@ function member(bus, id) {
   return m;
 }
 
-async function joined(bus, id) {
-  const m = member(bus, id);
+async function joined(bus, id, extraEnv) {
+  const m = member(bus, id, extraEnv);
   const first = await m.line((l) => 'ready' in l || 'openError' in l);
   if ('openError' in first) throw new Error(`member ${id} did not open: ${first.openError} ${first.message}`);
   return m;
@@ -144,6 +144,53 @@ describe('shm transport', async () => {
     b.child.kill('SIGTERM');
     await Promise.all([a.exited, b.exited]);
     assert.deepEqual(fs.readdirSync(path.join(root, name)).filter((f) => f.endsWith('.sock')), []);
+  });
+
+  test('never spinning (spinUs 0) and the smallest ring (4 KiB): order kept, 1 MiB messages whole', async (t) => {
+    if (!(await shmWorks())) return t.skip('the shm transport does not run here');
+    const name = busName();
+    const env = { SHM_SPIN_US: '0', SHM_RING_SIZE: '4096' };
+    const a = await joined(name, 'a', env);
+    const bus = await openShm(name, 'tester', { spinUs: 0, ringSize: 4096 });
+    const big = Buffer.alloc(2 ** 20);
+    for (let i = 0; i < big.length; i += 4) big.writeUInt32LE(i, i);
+    for (let round = 0; round < 3; round++) {
+      const back = await bus.request('echo', big, { to: 'a', timeout: 10_000 });
+      assert.equal(Buffer.compare(Buffer.from(back), big), 0);
+    }
+    const got = [];
+    const all = new Promise((resolve) => bus.on('back', (n) => got.push(n) === 3000 && resolve()));
+    // Sent without waiting: most of them queue outside the 4 KiB ring.
+    await Promise.all(Array.from({ length: 3000 }, (_, i) => bus.request('sendBack', i, { to: 'a', timeout: 20_000 })));
+    await all;
+    assert.deepEqual(got, Array.from({ length: 3000 }, (_, i) => i));
+    await bus.close();
+    a.child.kill('SIGKILL');
+    await a.exited;
+  });
+
+  test('six programs started at the same moment all link up with each other', async (t) => {
+    if (!(await shmWorks())) return t.skip('the shm transport does not run here');
+    const name = busName();
+    const bus = await openShm(name, 'tester');
+    const ids = [1, 2, 3, 'w4', 'w5', 'w6'];
+    const members = await Promise.all(ids.map((id) => joined(name, id)));
+    for (let i = 0; i < 150 && bus.peers().length < ids.length; i++) await sleep(20);
+    assert.deepEqual(bus.peers(), ids);
+    for (const id of ids) {
+      let peers;
+      for (let i = 0; i < 150; i++) {
+        peers = await bus.request('peers', null, { to: id, timeout: 5000 });
+        if (peers.length === ids.length) break;
+        await sleep(20);
+      }
+      const expected = [...ids.filter((x) => x !== id), 'tester'];
+      const order = (x, y) => (typeof x === typeof y ? (x < y ? -1 : x > y ? 1 : 0) : typeof x === 'number' ? -1 : 1);
+      assert.deepEqual(peers, expected.sort(order), `peers of ${id}`);
+    }
+    await bus.close();
+    for (const m of members) m.child.kill('SIGKILL');
+    await Promise.all(members.map((m) => m.exited));
   });
 
   test('kill -9 of a member: survivors see it leave at once, its socket goes, its id can rejoin', async (t) => {
