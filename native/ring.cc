@@ -167,7 +167,8 @@ void RingConsumer::attach(void* base, size_t capacity, size_t max_message) {
 
 RingConsumer::Status RingConsumer::fail(const char* what) {
   error_ = what;
-  large_ = nullptr;
+  // large_ stays set: a message being assembled is still the sink's buffer, and assembling()
+  // must tell the owner to drop it (a corrupt ring never writes into it again: drain() stops).
   return kCorrupt;
 }
 

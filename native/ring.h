@@ -124,6 +124,7 @@ class RingConsumer {
   // True if the producer asked for space and is to be woken (clears its flag).
   bool take_producer_waiting();
   const std::string& error() const { return error_; }
+  // A fragmented message is begun and not finished (also after a failure: drop its buffer).
   bool assembling() const { return large_ != nullptr; }
 
  private:

@@ -208,6 +208,7 @@ struct Node : Reactor, MemberEvents {
   std::map<int, void*> fds;
   std::map<uint32_t, std::string> up;
   std::vector<uint8_t> large;
+  std::map<uint32_t, size_t> assembling;  // slots with a large message begun and not ended/dropped
   size_t messages = 0;
   void watch(int fd, void* tag) override { fds[fd] = tag; }
   void unwatch(int fd, void*) override { fds.erase(fd); }
@@ -217,6 +218,9 @@ struct Node : Reactor, MemberEvents {
   }
   void link_down(uint32_t slot, const std::string&) override {
     REQUIRE(up.count(slot) == 1);
+    // The buffer of a message begun on this link must have been given back (drop_large) first:
+    // the binding keeps it alive until then.
+    if (assembling.count(slot) != 0) die("link down with a large message still held (no drop_large)");
     up.erase(slot);
   }
   void ready() override {}
@@ -228,13 +232,21 @@ struct Node : Reactor, MemberEvents {
     for (size_t i = 0; i < n; i++) sum = static_cast<uint8_t>(sum + d[i]);
     messages++;
   }
-  uint8_t* begin_large(uint32_t, size_t total) override {
+  uint8_t* begin_large(uint32_t slot, size_t total) override {
     REQUIRE(total <= (size_t{1} << 20) + (size_t{64} << 10));
+    REQUIRE(assembling.count(slot) == 0);
+    assembling[slot] = total;
     large.assign(total, 0);
     return large.data();
   }
-  void end_large(uint32_t) override { large.clear(); }
-  void drop_large(uint32_t) override { large.clear(); }
+  void end_large(uint32_t slot) override {
+    REQUIRE(assembling.erase(slot) == 1);
+    large.clear();
+  }
+  void drop_large(uint32_t slot) override {
+    assembling.erase(slot);
+    large.clear();
+  }
   Member member{*this, *this};
 };
 
