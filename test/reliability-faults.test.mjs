@@ -104,6 +104,9 @@ describe('reliability: faults', () => {
     assert.equal(r.finish.seq, total);
     assert.ok(r.finish.backpressure > 0, 'a slow queue refuses again after SIGCONT');
     assert.deepEqual(r.report.s, { got: total, bytes: total * (16 + size), errors: [], errorCount: 0, fin: total });
+    // A member that joined while r was stopped: open() resolved without r, the link came after SIGCONT.
+    assert.ok(!r.latePeersWhileStopped.includes('r'), `joined with r linked while r was stopped: ${r.latePeersWhileStopped}`);
+    assert.deepEqual(r.latePeersAfter, ['coord', 'r', 's']);
   });
 
   test('shm: a cluster primary killed -9 takes its workers; separately started members of the bus go on', { skip: noShm, timeout: 60_000 }, async () => {
