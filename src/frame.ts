@@ -43,6 +43,28 @@ export function makeHead(kind: FrameKind, flags: number, requestId: number, acti
   return head;
 }
 
+/** The last action read, and its bytes: frames in a row mostly carry the same action. */
+const ACTION_CACHE_BYTES = 64;
+let lastActionBytes: Buffer | undefined;
+let lastAction = '';
+
+/** The action in frame[HEAD_FIXED, end), without decoding UTF-8 when its bytes are the last one's. */
+function readAction(frame: Buffer, end: number): string {
+  const length = end - HEAD_FIXED;
+  const last = lastActionBytes;
+  if (last !== undefined && last.length === length) {
+    let i = 0;
+    while (i < length && frame[HEAD_FIXED + i] === last[i]) i++;
+    if (i === length) return lastAction;
+  }
+  const action = frame.toString('utf8', HEAD_FIXED, end);
+  if (length <= ACTION_CACHE_BYTES) {
+    lastActionBytes = Buffer.from(frame.subarray(HEAD_FIXED, end));
+    lastAction = action;
+  }
+  return action;
+}
+
 export function parseFrame(frame: Buffer): ParsedFrame | null {
   if (frame.length < HEAD_FIXED) return null;
   const kind = frame[0];
@@ -54,7 +76,7 @@ export function parseFrame(frame: Buffer): ParsedFrame | null {
     kind,
     flags: frame[1],
     requestId: frame.readUInt32LE(4),
-    action: frame.toString('utf8', HEAD_FIXED, bodyStart),
+    action: readAction(frame, bodyStart),
     body: frame.subarray(bodyStart),
   };
 }
