@@ -67,18 +67,44 @@ int busdir_open(const char* path, std::string* err) {
 int busdir_lock(int dirfd, const std::string& id, bool* busy, std::string* err) {
   *busy = false;
   std::string name = id + ".lock";
-  int fd = openat(dirfd, name.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
-  if (fd < 0) {
-    *err = sys_error("open " + name);
-    return -1;
-  }
-  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-    if (errno == EWOULDBLOCK) *busy = true;
-    else *err = sys_error("flock " + name);
+  // Lock files are removed by whoever holds them last (busdir_release, busdir_reap), so the
+  // file we locked may have been unlinked meanwhile: only a lock on the file the name points to
+  // now counts.
+  for (int attempt = 0; attempt < 16; attempt++) {
+    int fd = openat(dirfd, name.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) {
+      *err = sys_error("open " + name);
+      return -1;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+      if (errno == EWOULDBLOCK) *busy = true;
+      else *err = sys_error("flock " + name);
+      close(fd);
+      return -1;
+    }
+    struct stat locked, named;
+    if (fstat(fd, &locked) == 0 && fstatat(dirfd, name.c_str(), &named, AT_SYMLINK_NOFOLLOW) == 0 &&
+        locked.st_ino == named.st_ino && locked.st_dev == named.st_dev) {
+      return fd;
+    }
     close(fd);
-    return -1;
   }
-  return fd;
+  *err = "lock file " + name + " keeps being replaced";
+  return -1;
+}
+
+void busdir_release(int dirfd, const std::string& id, int lock_fd) {
+  std::string name = id + ".lock";
+  unlinkat(dirfd, name.c_str(), 0);
+  close(lock_fd);
+}
+
+bool busdir_listening(int dirfd, const std::string& id) {
+  int error_number = 0;
+  int fd = busdir_connect(dirfd, id, &error_number);
+  if (fd < 0) return false;
+  close(fd);
+  return true;
 }
 
 int busdir_listen(int dirfd, const std::string& id, std::string* err) {
@@ -170,7 +196,7 @@ int busdir_reap(int dirfd, const std::string& id) {
   if (lock < 0) return busy ? -1 : 0;
   std::string name = id + ".sock";
   int r = unlinkat(dirfd, name.c_str(), 0) == 0 ? 1 : 0;
-  close(lock);
+  busdir_release(dirfd, id, lock);
   return r;
 }
 

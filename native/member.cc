@@ -95,7 +95,13 @@ Member::StartResult Member::start(const MemberOptions& options, std::string* err
   dir_fd_ = busdir_open(options.dir.c_str(), err);
   if (dir_fd_ < 0) return kFailed;
   bool busy = false;
-  lock_fd_ = busdir_lock(dir_fd_, options.id, &busy, err);
+  // A survivor removing the socket of a dead member with this id holds its lock for a moment:
+  // only a holder that listens, or one that keeps the lock, is a live member.
+  for (int attempt = 0; attempt < 20; attempt++) {
+    lock_fd_ = busdir_lock(dir_fd_, options.id, &busy, err);
+    if (lock_fd_ >= 0 || !busy || busdir_listening(dir_fd_, options.id)) break;
+    usleep(5000);
+  }
   if (lock_fd_ < 0) {
     ::close(dir_fd_);
     dir_fd_ = -1;
@@ -139,7 +145,7 @@ void Member::close() {
     bell_fd_ = -1;
   }
   if (lock_fd_ >= 0) {
-    ::close(lock_fd_);
+    busdir_release(dir_fd_, options_.id, lock_fd_);
     lock_fd_ = -1;
   }
   if (dir_fd_ >= 0) {

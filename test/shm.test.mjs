@@ -143,7 +143,7 @@ describe('shm transport', async () => {
     a.child.kill('SIGTERM');
     b.child.kill('SIGTERM');
     await Promise.all([a.exited, b.exited]);
-    assert.deepEqual(fs.readdirSync(path.join(root, name)).filter((f) => f.endsWith('.sock')), []);
+    assert.deepEqual(fs.readdirSync(path.join(root, name)), [], 'members leave no socket or lock file behind');
   });
 
   test('never spinning (spinUs 0) and the smallest ring (4 KiB): order kept, 1 MiB messages whole', async (t) => {
@@ -215,6 +215,7 @@ describe('shm transport', async () => {
     const sock = path.join(root, name, 'victim.sock');
     for (let i = 0; i < 100 && fs.existsSync(sock); i++) await sleep(20);
     assert.equal(fs.existsSync(sock), false, 'the dead member socket file is removed');
+    assert.equal(fs.existsSync(path.join(root, name, 'victim.lock')), false, 'and its lock file');
 
     const joinedAgain = nextEvent(bus, 'peer:join');
     const again = await joined(name, 'victim');

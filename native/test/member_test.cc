@@ -180,6 +180,7 @@ void test_bus() {
     CHECK(a.got["worker_b"].size() == 1 && a.got["worker_b"][0] == bytes(100, 42));
     struct stat st;
     CHECK(fstatat(AT_FDCWD, (dir + "/worker_b.sock").c_str(), &st, 0) != 0);
+    CHECK(fstatat(AT_FDCWD, (dir + "/worker_b.lock").c_str(), &st, 0) != 0);
 
     // A stale socket file (its member died) is taken over; one found while listing is removed.
     for (const char* id : {"7", "9"}) {
@@ -251,8 +252,15 @@ void test_bus() {
     send(c, "1", bytes(64, 1));
     run_until({&a, &c, &d}, [&] { return a.got["cache"].size() == 1; });
   }
-  // Everything closed: the fds are back where they were.
+  // Everything closed: the fds are back where they were, and the directory is empty.
   CHECK(count_fds() == fds_before);
+  {
+    DIR* d = opendir(dir.c_str());
+    int entries = 0;
+    while (struct dirent* e = readdir(d)) entries += e->d_name[0] != '.';
+    closedir(d);
+    CHECK(entries == 0);
+  }
 
   // A bus directory that others can enter, or a symlink, is refused.
   chmod(dir.c_str(), 0755);

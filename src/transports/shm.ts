@@ -76,6 +76,12 @@ function ensurePrivateDir(dir: string, what: string, exactMode: boolean): void {
   }
 }
 
+/** Open transports, closed on process.exit() so that their socket files go with them. */
+const openTransports = new Set<ShmTransport>();
+const closeAllAtExit = (): void => {
+  for (const t of openTransports) void t.close();
+};
+
 function parseId(name: string): MemberId {
   return /^\d+$/.test(name) ? Number(name) : name;
 }
@@ -135,6 +141,8 @@ export class ShmTransport implements Transport {
     }
     this.native = native;
     if (!this.refed) native.unref();
+    if (openTransports.size === 0) process.on('exit', closeAllAtExit);
+    openTransports.add(this);
     if (pending > 0) {
       // A member that accepted our connection but never answers (stopped, hung) does not hold
       // open() up for ever; if it answers later it joins as any newcomer does.
@@ -153,6 +161,7 @@ export class ShmTransport implements Transport {
     this.reapTimers.clear();
     this.native?.close();
     this.native = undefined;
+    if (openTransports.delete(this) && openTransports.size === 0) process.off('exit', closeAllAtExit);
     this.idBySlot.clear();
     this.slotById.clear();
     this.onReady?.();
