@@ -56,23 +56,20 @@ for (const transport of transports) {
       assert.match(r.id, /^[A-Za-z_][A-Za-z0-9_.-]{0,63}$/);
       assert.ok(r.id.endsWith(`-${r.pid}`), `${r.id} is made from the host name and pid ${r.pid}`);
       assert.equal(r.transport, transport);
-      const everyone = [r.id, 0, 7, 'cache', 'mailer'];
-      const sortedNames = [r.id, 'cache', 'mailer'].sort();
-      assert.deepEqual(r.peers, [0, 7, 'cache', 'mailer']);
+      const everyone = [r.id, 0, 9, 10, 'cache', 'mailer'];
+      const names = [r.id, 'cache', 'mailer'].sort();
+      // Numbers ascending (9 before 10), then strings.
+      assert.deepEqual(r.peers, [0, 9, 10, 'cache', 'mailer']);
+      const others = (id) => [0, 9, 10, ...names].filter((x) => x !== id);
       assert.deepEqual(
         r.children.map(({ id, transport, peers }) => ({ id, transport, peers })),
-        [
-          { id: 0, transport, peers: [7, ...sortedNames] },
-          { id: 7, transport, peers: [0, ...sortedNames] },
-          { id: 'cache', transport, peers: [0, 7, ...sortedNames.filter((n) => n !== 'cache')] },
-          { id: 'mailer', transport, peers: [0, 7, ...sortedNames.filter((n) => n !== 'mailer')] },
-        ],
+        [0, 9, 10, 'cache', 'mailer'].map((id) => ({ id, transport, peers: others(id) })),
       );
-      assert.deepEqual(r.toAll, { sent: { value: 5 }, received: onlyTo(everyone, everyone, 'hello<-mailer') });
-      assert.deepEqual(r.toOne, { sent: { value: 1 }, received: onlyTo(everyone, ['cache'], 'one<-7') });
+      assert.deepEqual(r.toAll, { sent: { value: 6 }, received: onlyTo(everyone, everyone, 'hello<-mailer') });
+      assert.deepEqual(r.toOne, { sent: { value: 1 }, received: onlyTo(everyone, ['cache'], 'one<-10') });
       assert.deepEqual(r.toZero, { sent: { value: 1 }, received: onlyTo(everyone, [0], 'one<-mailer') }, 'member 0');
-      assert.deepEqual(r.toList, { sent: { value: 3 }, received: onlyTo(everyone, [r.id, 7, 'cache'], 'list<-cache') });
-      assert.deepEqual(r.toParent, { sent: { value: 1 }, received: onlyTo(everyone, [r.id], 'one<-7') });
+      assert.deepEqual(r.toList, { sent: { value: 3 }, received: onlyTo(everyone, [r.id, 10, 'cache'], 'list<-cache') });
+      assert.deepEqual(r.toParent, { sent: { value: 1 }, received: onlyTo(everyone, [r.id], 'one<-9') });
       assert.deepEqual(r.unknown, { sent: 'ERR_SHMBUS_UNKNOWN_PEER', received: onlyTo(everyone, [], '') });
     });
 
