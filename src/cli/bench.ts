@@ -31,6 +31,8 @@ export interface BenchOptions {
   json: boolean;
   svg?: string;
   spinUs?: number;
+  /** The 1-minute load average when the run started (set by runBench, shown in the table). */
+  loadAtStart?: number;
 }
 
 export interface Result {
@@ -340,7 +342,7 @@ export function renderTable(results: readonly Result[], m: Machine, o: BenchOpti
   const widths = rows[0].map((_, c) => Math.max(...rows.map((row) => row[c].length)));
   const text = rows.map((row) => row.map((cell, c) => (c < 3 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join('  ').trimEnd());
   const out = [
-    `shmbus bench: node ${m.node}, ${m.platform}, ${m.cpus} CPUs, load average ${os.loadavg()[0].toFixed(2)}; ${o.duration} s per phase${o.quick ? ' (--quick)' : ''}${o.spinUs !== undefined ? `; shm spinUs ${o.spinUs}` : ''}`,
+    `shmbus bench: node ${m.node}, ${m.platform}, ${m.cpus} CPUs${o.loadAtStart !== undefined ? `, load average ${o.loadAtStart.toFixed(2)} at the start` : ''}; ${o.duration} s per phase${o.quick ? ' (--quick)' : ''}${o.spinUs !== undefined ? `; shm spinUs ${o.spinUs}` : ''}`,
     'Round trip: ping-pong between two processes, one message each way (shmbus: sendMessage to one member,',
     'echoed by its listener; ipc: child.send/process.send; uds: one write per frame). Throughput: one way,',
     'backpressure respected, every message counted and its sequence number checked. cpu ms: both',
@@ -370,6 +372,7 @@ export async function runBench(o: BenchOptions): Promise<number> {
   const plan = order.flatMap((t) => codecsOf(t, o.codecs).map((codec) => ({ transport: t, codec })));
   const total = plan.length * o.payloads.length;
   const load = os.loadavg()[0];
+  o.loadAtStart = load;
   process.stderr.write(`shmbus bench: ${total} combinations, ${o.duration} s per phase; node ${m.node}, ${m.platform}, ${m.cpus} CPUs, load average ${load.toFixed(2)}\n`);
   if (load > m.cpus / 2) process.stderr.write(`shmbus bench: this machine is busy (load ${load.toFixed(2)} on ${m.cpus} CPUs): expect noisy numbers, and polling that waits for a CPU\n`);
   const results: Result[] = [];
