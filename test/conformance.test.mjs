@@ -2,6 +2,9 @@
 // primary and its workers, a child_process.fork parent and its children) on each transport under
 // test. Choose transports with SHMBUS_TEST_TRANSPORTS=process,shm,nats; by default 'process',
 // plus 'shm' where a bus opens with it.
+//
+// Each scenario is a program under test/fixtures/ that prints one {"result": ...} line; run one by
+// hand with e.g. `SHMBUS_TRANSPORT=shm node test/fixtures/kill.mjs cluster`.
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { run, resultOf, transportsUnderTest } from './helpers/run.mjs';
