@@ -316,6 +316,8 @@ for (const transport of transports) {
       const thrown = ['listener failed: boom', 'listener failed: async'];
       assert.deepEqual(r.withoutListener, { warnings: thrown, errors: [] }, "no 'error' listener: process.emitWarning");
       assert.deepEqual(r.withListener, { warnings: thrown, errors: thrown }, "an 'error' listener gets them, no new warning");
+      // A v8 member sends to a json member: not delivered, heard as an error, counted.
+      assert.deepEqual(r.mixed, { errors: ['ERR_SHMBUS_SERIALIZE'], counted: 1 });
 
       const fields = ['drops', 'errors', 'queuedBytes', 'receivedBytes', 'receivedMessages', 'sentBytes', 'sentMessages'];
       for (const stats of [r.stats, r.childStats]) {
