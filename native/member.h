@@ -106,6 +106,8 @@ class Member {
   bool flush_overflow(PeerLink* link);
   void resolve_initial(PeerLink* link);
   void destroy(PeerLink* link);
+  std::vector<uint8_t> spare(size_t bytes);
+  void recycle(std::vector<uint8_t>&& bytes);
 
   Reactor& reactor_;
   MemberEvents& events_;
@@ -121,6 +123,8 @@ class Member {
   std::map<uint32_t, std::unique_ptr<PeerLink>> links_;  // every link, by slot
   std::map<std::string, PeerLink*> up_;                  // links that are up, by peer id
   std::map<std::string, PeerLink*> connecting_;          // our HELLO sent, no answer yet
+  std::vector<std::vector<uint8_t>> spares_;             // emptied overflow buffers
+  size_t spare_bytes_ = 0;
 };
 
 }  // namespace shmbus
