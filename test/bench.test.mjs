@@ -13,7 +13,7 @@ const root = path.join(path.dirname(fileURLToPath(import.meta.url)), '..');
 const cli = path.join(root, 'dist', 'cli', 'index.js');
 const require = createRequire(import.meta.url);
 
-function shmbus(args, timeout = 50_000) {
+function shmbus(args, timeout = 110_000) {
   return spawnSync(process.execPath, [cli, ...args], { cwd: root, encoding: 'utf8', timeout });
 }
 
