@@ -206,6 +206,10 @@ class Bus : public Napi::ObjectWrap<Bus>, public shmbus::Reactor, public shmbus:
   Napi::Value Send(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (!started_) return Napi::Number::New(env, 2);
+    if (info.Length() < 3 || !info[0].IsNumber() || !info[1].IsTypedArray() || !info[2].IsTypedArray()) {
+      Napi::TypeError::New(env, "send(slot, head: Uint8Array, body: Uint8Array)").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
     uint32_t slot = info[0].As<Napi::Number>().Uint32Value();
     Napi::Uint8Array head = info[1].As<Napi::Uint8Array>();
     Napi::Uint8Array body = info[2].As<Napi::Uint8Array>();
@@ -217,6 +221,7 @@ class Bus : public Napi::ObjectWrap<Bus>, public shmbus::Reactor, public shmbus:
   }
 
   Napi::Value Queued(const Napi::CallbackInfo& info) {
+    if (info.Length() < 1 || !info[0].IsNumber()) return Napi::Number::New(info.Env(), 0);
     uint32_t slot = info[0].As<Napi::Number>().Uint32Value();
     return Napi::Number::New(info.Env(), static_cast<double>(member_.queued(slot)));
   }
