@@ -76,6 +76,19 @@ for (const transport of transports) {
       assert.deepEqual(r.unknown, { sent: 'ERR_SHMBUS_UNKNOWN_PEER', received: onlyTo(everyone, [], '') });
     });
 
+    test('a forked child that loads node:cluster joins its parent\'s bus; a forked cluster primary with no bus above it hosts its own', async () => {
+      const joins = await resultOf('nested.mjs', { transport, args: ['joins'] });
+      assert.equal(joins.joined, 'resolved');
+      assert.deepEqual(joins.peers, ['helper']);
+      assert.deepEqual(joins.answer, { value: { id: 'helper', peers: ['root'], clusterLoaded: true } });
+
+      const hub = await resultOf('nested.mjs', { transport, args: ['hub'] });
+      assert.equal(hub.id, 'primary');
+      assert.equal(hub.joined, 'resolved');
+      assert.deepEqual(hub.peers, [1, 2]);
+      assert.deepEqual(hub.answer, { value: { id: 2, peers: [1, 'primary'] } });
+    });
+
     test('handle() and request(): values, remote errors, no handler, unknown peer, timeouts, abort, self', async () => {
       const r = await resultOf('requests.mjs', { transport });
       assert.equal(r.secondHandler, 'ERR_SHMBUS_INVALID_ARG');

@@ -347,6 +347,20 @@ class MemberTransport implements Transport {
   }
 
   async open(): Promise<void> {
+    if (!(await this.join())) {
+      process.emitWarning(
+        `shmbus: the parent process did not answer for bus ${show(this.bus)} within ${this.handshakeTimeout} ms; this member is on a bus of its own. ` +
+          `Open the bus in the parent (the cluster primary or the process that forks this one) before forking, or use transport 'shm'.`,
+        { code: 'SHMBUS_NO_HUB' },
+      );
+    }
+  }
+
+  /**
+   * Asks the parent to join its bus: true once welcomed, false when no answer came within the
+   * handshake timeout (this member then goes on alone, and joins if a welcome comes later).
+   */
+  async join(): Promise<boolean> {
     process.on('message', this.listener);
     process.on('disconnect', this.disconnected);
     const answered = new Promise<Error | undefined>((resolve) => {
@@ -362,13 +376,7 @@ class MemberTransport implements Transport {
       this.detach();
       throw err;
     }
-    if (!this.joined) {
-      process.emitWarning(
-        `shmbus: the parent process did not answer for bus ${show(this.bus)} within ${this.handshakeTimeout} ms; this member is on a bus of its own. ` +
-          `Open the bus in the parent (the cluster primary or the process that forks this one) before forking, or use transport 'shm'.`,
-        { code: 'SHMBUS_NO_HUB' },
-      );
-    }
+    return this.joined;
   }
 
   async close(): Promise<void> {
@@ -470,11 +478,52 @@ class MemberTransport implements Transport {
 }
 
 /**
- * A cluster worker, or a forked child that is not itself a cluster primary, joins its parent's
- * bus; any other process is the hub of its bus.
+ * A cluster primary that was itself forked: it joins its parent's bus when the parent hosts one,
+ * and is otherwise the hub of its own (for its workers), without a warning.
+ */
+class ClusterPrimaryTransport implements Transport {
+  readonly name = 'process' as const;
+  private readonly member: MemberTransport;
+  private impl: Transport;
+
+  constructor(private readonly ctx: TransportContext) {
+    this.member = new MemberTransport(ctx);
+    this.impl = this.member;
+  }
+
+  async open(): Promise<void> {
+    if (await this.member.join()) return;
+    await this.member.close();
+    this.impl = new HubTransport(this.ctx);
+    await this.impl.open();
+  }
+
+  close(): Promise<void> {
+    return this.impl.close();
+  }
+  peers(): MemberId[] {
+    return this.impl.peers();
+  }
+  send(targets: readonly MemberId[], head: Uint8Array, body: Uint8Array): void {
+    this.impl.send(targets, head, body);
+  }
+  queuedBytes(to: MemberId): number {
+    return this.impl.queuedBytes(to);
+  }
+  ref(): void {
+    this.impl.ref();
+  }
+  unref(): void {
+    this.impl.unref();
+  }
+}
+
+/**
+ * A process with no IPC parent is the hub of its bus. A forked child or cluster worker joins its
+ * parent's bus; a forked cluster primary joins it if the parent hosts one, else it is the hub.
  */
 export function createProcessTransport(ctx: TransportContext): Transport {
   const hasParent = typeof process.send === 'function' && process.connected;
-  if (hasParent && !clusterRole().primary) return new MemberTransport(ctx);
-  return new HubTransport(ctx);
+  if (!hasParent) return new HubTransport(ctx);
+  return clusterRole().primary ? new ClusterPrimaryTransport(ctx) : new MemberTransport(ctx);
 }
