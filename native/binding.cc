@@ -215,8 +215,10 @@ class Bus : public Napi::ObjectWrap<Bus>, public shmbus::Reactor, public shmbus:
     Napi::Uint8Array body = info[2].As<Napi::Uint8Array>();
     shmbus::Part parts[2] = {{head.Data(), head.ByteLength()}, {body.Data(), body.ByteLength()}};
     Member::SendResult r = member_.send(slot, parts, 2, parts[0].len + parts[1].len);
-    // A reply is likely to follow: watch the rings closely for a while.
-    GoHot();
+    // A reply is likely to follow: watch the rings closely for a while. A broken link is
+    // closed (and reported) by the next pass, which must come soon even when never spinning.
+    if (r == Member::kBroken) Kick();
+    else GoHot();
     return Napi::Number::New(env, r);
   }
 
@@ -290,6 +292,16 @@ class Bus : public Napi::ObjectWrap<Bus>, public shmbus::Reactor, public shmbus:
     last_ns_ = uv_hrtime();
     if (hot_) return;
     hot_ = true;
+    member_.unpark();
+    idle_->data = this;
+    uv_idle_start(idle_, OnIdle);
+  }
+
+  // One polling pass on the next loop iteration, then back to the usual rhythm.
+  void Kick() {
+    if (closed_ || !started_ || hot_) return;
+    hot_ = true;
+    last_ns_ = uv_hrtime();
     member_.unpark();
     idle_->data = this;
     uv_idle_start(idle_, OnIdle);
