@@ -72,7 +72,8 @@ function ensurePrivateDir(dir: string, what: string, exactMode: boolean): void {
   if (st.uid !== uid) throw new ShmbusError('ERR_SHMBUS_TRANSPORT', `the ${what} ${dir} belongs to uid ${st.uid}, not ${uid}; ${fix}`);
   const mode = st.mode & 0o777;
   if (exactMode ? mode !== 0o700 : (mode & 0o022) !== 0) {
-    throw new ShmbusError('ERR_SHMBUS_TRANSPORT', `the ${what} ${dir} has mode ${mode.toString(8)}; it must be 700 (chmod 700 ${dir})`);
+    const need = exactMode ? `it must be 700 (chmod 700 ${dir})` : 'others may write to it: use a directory of your own (mode 700)';
+    throw new ShmbusError('ERR_SHMBUS_TRANSPORT', `the ${what} ${dir} has mode ${mode.toString(8)}; ${need}`);
   }
 }
 
