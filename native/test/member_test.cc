@@ -17,6 +17,8 @@
 #include <vector>
 
 #include "../bus_dir.h"
+#include "../doorbell.h"
+#include "../segment.h"
 #include "../handshake.h"
 #include "../member.h"
 #include "test.h"
@@ -131,6 +133,93 @@ int raw_connect(const std::string& dir, const std::string& id) {
   std::snprintf(sa.sun_path, sizeof sa.sun_path, "%s/%s.sock", dir.c_str(), id.c_str());
   CHECK(connect(s, reinterpret_cast<struct sockaddr*>(&sa), sizeof sa) == 0);
   return s;
+}
+
+
+// A fake member: a listening socket at <dir>/<id>.sock and what a HELLO/WELCOME carries.
+struct FakePeer {
+  std::string id;
+  int listen_fd = -1;
+  int ring_fd = -1;
+  int bell_fd = -1;
+  FakePeer(const std::string& dir, const std::string& peer_id) : id(peer_id) {
+    listen_fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = {};
+    sa.sun_family = AF_UNIX;
+    std::snprintf(sa.sun_path, sizeof sa.sun_path, "%s/%s.sock", dir.c_str(), id.c_str());
+    CHECK(bind(listen_fd, reinterpret_cast<struct sockaddr*>(&sa), sizeof sa) == 0);
+    CHECK(listen(listen_fd, 8) == 0);
+    std::string err;
+    ring_fd = segment_create("fake-ring", ring_mapping_bytes(64 << 10), &err);
+    void* base = segment_map(ring_fd, ring_mapping_bytes(64 << 10), &err);
+    ring_init(base, 64 << 10);
+    segment_unmap(base, ring_mapping_bytes(64 << 10));
+    bell_fd = doorbell_create();
+  }
+  ~FakePeer() {
+    close(listen_fd);
+    close(ring_fd);
+    close(bell_fd);
+  }
+  bool send(int sock, uint32_t kind) {
+    Hello h;
+    h.kind = kind;
+    h.ring_bytes = 64 << 10;
+    h.id = id;
+    std::string err;
+    return hello_send(sock, h, ring_fd, bell_fd, &err);
+  }
+};
+
+bool readable(int fd, int ms) {
+  struct pollfd p = {fd, POLLIN, 0};
+  return poll(&p, 1, ms) == 1;
+}
+
+// Two members that connect to each other at once keep one link: the one the lower id began.
+void test_tie() {
+  std::string dir = make_dir();
+  std::string err;
+  for (const char* other : {"3", "9"}) {
+    FakePeer fake(dir, other);
+    Node a;
+    CHECK(a.member.start(options(dir, "5"), &err) == Member::kStarted);
+    CHECK(a.member.initial_pending() == 1);  // a's HELLO waits in fake's backlog
+    int from_a = accept(fake.listen_fd, nullptr, nullptr);
+    CHECK(from_a >= 0);
+    int to_a = raw_connect(dir, "5");
+    CHECK(fake.send(to_a, kHello));
+    run_until({&a}, [&] { return readable(to_a, 0); });
+    Hello answer;
+    int fds[2], n;
+    CHECK(hello_recv(to_a, &answer, fds, &n, &err) == kRecvMessage);
+    for (int i = 0; i < n; i++) close(fds[i]);
+    if (std::string(other) == "3") {
+      // 3 < 5: a takes 3's link and drops its own.
+      CHECK(answer.kind == kWelcome && answer.id == "5");
+      run_until({&a}, [&] { return a.is_ready && a.slot_of("3") != 0; });
+      CHECK(readable(from_a, 1000));
+      char buf[512];
+      while (recv(from_a, buf, sizeof buf, MSG_DONTWAIT) > 0) {
+      }
+      CHECK(recv(from_a, buf, sizeof buf, MSG_DONTWAIT) == 0);  // a closed its own link
+    } else {
+      // 9 > 5: a refuses 9's link and keeps its own, which 9 now answers.
+      CHECK(answer.kind == kRefuse && answer.code == kRefuseDuplicateLink);
+      Hello hello;
+      CHECK(readable(from_a, 1000));
+      CHECK(hello_recv(from_a, &hello, fds, &n, &err) == kRecvMessage && hello.kind == kHello);
+      for (int i = 0; i < n; i++) close(fds[i]);
+      CHECK(fake.send(from_a, kWelcome));
+      run_until({&a}, [&] { return a.is_ready && a.slot_of("9") != 0; });
+    }
+    CHECK(a.up.size() == 1 && a.errors.empty());
+    close(from_a);
+    close(to_a);
+    run_until({&a}, [&] { return a.downs.size() == 1; });
+  }
+  std::string cmd = "rm -rf " + dir;
+  CHECK(system(cmd.c_str()) == 0);
 }
 
 void test_bus() {
@@ -295,6 +384,7 @@ void test_ids() {
 
 int main() {
   test_ids();
+  test_tie();
   test_bus();
   std::puts("member_test: ok");
   return 0;
