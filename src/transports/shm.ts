@@ -14,9 +14,19 @@ import { ShmbusError, invalidArg } from '../errors';
 import { loadNative, NativeEvent, type NativeBus } from '../native';
 import type { MemberId, Transport, TransportContext } from './transport';
 
-/** Bytes per ring (one ring per ordered pair of members). */
+/**
+ * Bytes per ring. There is one ring per ordered pair of members and a busy ring ends up touching
+ * all of its pages, so memory grows with members squared (9 members: 72 rings, 72 MiB). Larger
+ * messages are cut into pieces through the ring. Measured on 2 cores, a flood of 1 MiB messages:
+ * ~0.9-1.0 GB/s with 1 MiB rings, ~1.1-1.2 GB/s with 4 MiB: not worth 4x the memory by default.
+ */
 export const DEFAULT_RING_SIZE = 1 << 20;
-/** How long after the last traffic a member keeps polling its rings before it sleeps, in µs. */
+/**
+ * How long after its last traffic a member keeps polling its rings before it sleeps on its
+ * doorbell, in µs (0: never poll). Measured on 2 cores, 64 B ping-pong p50: 13-17 µs with 20, 50
+ * or 100, 30-43 µs with 0 (each hop a wake-up). 50 keeps a margin over slower round trips; it
+ * costs at most 50 µs of one CPU, yielding, after each burst of traffic, and nothing when idle.
+ */
 export const DEFAULT_SPIN_US = 50;
 /** open() waits this long for a member that accepted our connection to answer the handshake. */
 const HANDSHAKE_TIMEOUT_MS = 5000;
