@@ -6,8 +6,8 @@
 // The producer publishes records by storing `tail` with release order; the consumer frees them
 // by storing `head`. Both indices only grow; their offset is index & (capacity - 1).
 // Unlike Agrona, where a record's length stored last publishes it, here the tail store does: the
-// consumer then has no zeroing pass to make over what it read (a second write of every byte, for
-// 1 MiB messages as costly as the copy), and it reads lengths only inside [head, tail).
+// consumer then has no zeroing pass to make over what it read (a write of every byte it read,
+// on top of the copy out), and it reads lengths only inside [head, tail).
 //
 // Everything in the mapping can be written by the other process at any time, so each side keeps
 // its own index locally and checks every value it reads from the other (a corrupt ring is
