@@ -331,6 +331,19 @@ describe('shm transport', async () => {
     await peer.exited;
   });
 
+  test('a member in a worker thread: terminate() takes it off the bus', async (t) => {
+    if (!(await shmWorks())) return t.skip('the shm transport does not run here');
+    const env = { ...process.env, SHMBUS_DIR: root };
+    delete env.NODE_TEST_CONTEXT;
+    const name = busName();
+    const child = spawn(process.execPath, [fileURLToPath(new URL('./fixtures/shm-worker.mjs', import.meta.url)), name], { env, stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    child.stdout.setEncoding('utf8').on('data', (text) => (out += text));
+    const code = await new Promise((resolve) => child.on('exit', resolve));
+    assert.equal(code, 0);
+    assert.deepEqual(JSON.parse(out), { echo: 'hi', gone: 'w', files: ['main.lock', 'main.sock'] });
+  });
+
   test('an open bus keeps its process alive until unref()', async (t) => {
     if (!(await shmWorks())) return t.skip('the shm transport does not run here');
     const script = (unref) =>
