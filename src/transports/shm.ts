@@ -103,7 +103,8 @@ export class ShmTransport implements Transport {
   private readonly options: ShmOptions;
   private native?: NativeBus;
   private readonly idBySlot = new Map<number, MemberId>();
-  private readonly slotById = new Map<string, number>();
+  /** Keyed by the id itself (a number id and its string are different members' ids). */
+  private readonly slotById = new Map<MemberId, number>();
   private readonly reapTimers = new Set<NodeJS.Timeout>();
   private refed = true;
   private closed = false;
@@ -186,7 +187,7 @@ export class ShmTransport implements Transport {
     const native = this.native;
     if (native === undefined) throw new ShmbusError('ERR_SHMBUS_CLOSED', 'the shm transport is closed');
     for (const to of targets) {
-      const slot = this.slotById.get(String(to));
+      const slot = this.slotById.get(to);
       // A link that went down inside the addon reports DOWN on its next pass; until then its
       // frames have nowhere to go, as with any member that dies after a send.
       if (slot !== undefined) native.send(slot, head, body);
@@ -194,7 +195,7 @@ export class ShmTransport implements Transport {
   }
 
   queuedBytes(to: MemberId): number {
-    const slot = this.slotById.get(String(to));
+    const slot = this.slotById.get(to);
     return slot === undefined || this.native === undefined ? 0 : this.native.queued(slot);
   }
 
@@ -237,7 +238,7 @@ export class ShmTransport implements Transport {
             const name = extras![a] as string;
             const id = parseId(name);
             this.idBySlot.set(slot, id);
-            this.slotById.set(name, slot);
+            this.slotById.set(id, slot);
             host.join(id);
             break;
           }
@@ -245,8 +246,10 @@ export class ShmTransport implements Transport {
             const name = extras![a] as string;
             const id = this.idBySlot.get(slot);
             this.idBySlot.delete(slot);
-            if (this.slotById.get(name) === slot) this.slotById.delete(name);
-            if (id !== undefined && !this.slotById.has(name)) host.leave(id);
+            if (id !== undefined && this.slotById.get(id) === slot) {
+              this.slotById.delete(id);
+              host.leave(id);
+            }
             this.reap(name, 0);
             break;
           }
@@ -269,7 +272,7 @@ export class ShmTransport implements Transport {
 
   /** Removes a dead member's socket file once its lock is free (it may lag its sockets). */
   private reap(name: string, attempt: number): void {
-    if (this.closed || this.native === undefined || this.slotById.has(name)) return;
+    if (this.closed || this.native === undefined || this.slotById.has(parseId(name))) return;
     if (this.native.reap(name) !== -1 || attempt >= REAP_RETRY_MS.length) return;
     const timer = setTimeout(() => {
       this.reapTimers.delete(timer);
