@@ -429,6 +429,7 @@ export class Bus {
     const err = () => new ShmbusError('ERR_SHMBUS_CLOSED', 'the bus was closed');
     for (const requestId of [...this.pending.keys()]) this.settle(requestId, err());
     for (const waiter of [...this.waiters]) waiter.done(err());
+    this.members.clear();
     debug('close %s as %s', this.options.name, this.id);
     this.closing = this.transportImpl.close();
     return this.closing;

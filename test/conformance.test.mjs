@@ -293,6 +293,7 @@ for (const transport of transports) {
       assert.equal(out.pending.code, 'ERR_SHMBUS_CLOSED');
       assert.equal(out.waiting, 'ERR_SHMBUS_CLOSED');
       assert.ok(out.rejectedAfter < 10_000, 'at close, not at their 30 s timeouts');
+      assert.deepEqual(out.peersAfter, [], 'a closed bus has no peers');
       assert.equal(out.sendAfter, 'ERR_SHMBUS_CLOSED');
       assert.equal(out.requestAfterThrew, false);
       assert.equal(out.requestAfter, 'ERR_SHMBUS_CLOSED');
