@@ -17,6 +17,10 @@ import type { MemberId, Transport, TransportContext } from './transport';
 const debug = debuglog('shmbus');
 const TAG = '__shmbus';
 const PROTOCOL = 1;
+/** Taken bytes acknowledged at once (or an eighth of maxQueueBytes, if less). */
+const ACK_BYTES = 256 * 1024;
+/** How long taken bytes below that wait to be acknowledged together. */
+const ACK_DELAY_MS = 5;
 
 type Wire = string | Uint8Array;
 
@@ -79,20 +83,34 @@ class Outstanding {
   }
 }
 
-/** Acknowledges taken bytes once per turn of the loop, per sender. */
+/**
+ * Acknowledges taken bytes per sender: at once past `threshold` bytes, else within ACK_DELAY_MS,
+ * so that a ping-pong does not cost an acknowledgement per message each way.
+ */
 class Acker {
   private readonly taken = new Map<MemberId, number>();
-  private scheduled = false;
-  constructor(private readonly sendAck: (to: MemberId, n: number) => void) {}
+  private timer?: NodeJS.Timeout;
+  private immediate?: NodeJS.Immediate;
+  private readonly threshold: number;
+  constructor(
+    maxQueueBytes: number,
+    private readonly sendAck: (to: MemberId, n: number) => void,
+  ) {
+    this.threshold = Math.max(1, Math.min(ACK_BYTES, Math.floor(maxQueueBytes / 8)));
+  }
   took(from: MemberId, n: number): void {
-    this.taken.set(from, (this.taken.get(from) ?? 0) + n);
-    if (!this.scheduled) {
-      this.scheduled = true;
-      setImmediate(() => this.flush());
+    const total = (this.taken.get(from) ?? 0) + n;
+    this.taken.set(from, total);
+    if (total >= this.threshold) this.immediate ??= setImmediate(() => this.flush());
+    else if (!this.timer) {
+      this.timer = setTimeout(() => this.flush(), ACK_DELAY_MS);
+      this.timer.unref();
     }
   }
   private flush(): void {
-    this.scheduled = false;
+    if (this.immediate) clearImmediate(this.immediate);
+    if (this.timer) clearTimeout(this.timer);
+    this.immediate = this.timer = undefined;
     for (const [from, n] of this.taken) this.sendAck(from, n);
     this.taken.clear();
   }
@@ -161,7 +179,7 @@ class HubTransport implements Transport {
   constructor(private readonly ctx: TransportContext) {
     this.bus = ctx.busName;
     this.id = ctx.id;
-    this.acker = new Acker((to, n) => this.route(to, envelope('a', this.bus, { from: this.id, n }), null));
+    this.acker = new Acker(ctx.maxQueueBytes, (to, n) => this.route(to, envelope('a', this.bus, { from: this.id, n }), null));
   }
 
   async open(): Promise<void> {
@@ -340,7 +358,7 @@ class MemberTransport implements Transport {
 
   constructor(private readonly ctx: TransportContext) {
     this.bus = ctx.busName;
-    this.acker = new Acker((to, n) => post(process, envelope('a', this.bus, { to, n })));
+    this.acker = new Acker(ctx.maxQueueBytes, (to, n) => post(process, envelope('a', this.bus, { to, n })));
     const t = ctx.options.handshakeTimeout ?? 1000;
     if (typeof t !== 'number' || !(t > 0)) throw invalidArg(`process.handshakeTimeout must be a number of ms above 0, got ${show(t)}`);
     this.handshakeTimeout = t;
