@@ -518,6 +518,12 @@ bool Member::park() {
   return true;
 }
 
+bool Member::has_data() const {
+  for (auto& entry : links_)
+    if (entry.second->state == PeerLink::kUp && entry.second->consumer.has_data()) return true;
+  return false;
+}
+
 void Member::unpark() {
   for (auto& entry : links_)
     if (entry.second->state == PeerLink::kUp) entry.second->consumer.set_waiting(false);

@@ -79,6 +79,8 @@ class Member {
   bool park();
   // Busy again: producers need not ring.
   void unpark();
+  // Whether some ring has a record to read: a few loads, no side effects (for busy-waiting).
+  bool has_data() const;
 
   enum SendResult { kSent, kQueued, kNoLink, kBroken };
   SendResult send(uint32_t slot, const Part* parts, int nparts, size_t total);
