@@ -1,6 +1,7 @@
 // The test side of the conformance suite: start a fixture program as a user would (a plain
 // `node program.mjs`, no IPC channel), collect the JSON lines it prints, and kill its whole
 // process tree when it is done or runs over its time.
+import net from 'node:net';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
@@ -84,8 +85,9 @@ export async function resultOf(file, options) {
 }
 
 /**
- * The transports under test: env SHMBUS_TEST_TRANSPORTS (comma-separated), else 'process' plus
- * 'shm' when a bus opens with it here.
+ * The transports under test: env SHMBUS_TEST_TRANSPORTS (comma-separated), else 'process', plus
+ * 'shm' when a bus opens with it here, plus 'nats' when a NATS server answers on 127.0.0.1:4222
+ * (always under CI, where a missing server then fails the suite).
  */
 export async function transportsUnderTest() {
   const listed = process.env.SHMBUS_TEST_TRANSPORTS;
@@ -97,5 +99,19 @@ export async function transportsUnderTest() {
   } catch {
     // shm does not work here
   }
+  if (process.env.CI === 'true' || (await natsServerAnswers())) list.push('nats');
   return list;
+}
+
+function natsServerAnswers() {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host: '127.0.0.1', port: 4222 });
+    const done = (up) => {
+      socket.destroy();
+      resolve(up);
+    };
+    socket.setTimeout(2000, () => done(false));
+    socket.once('connect', () => done(true));
+    socket.once('error', () => done(false));
+  });
 }
