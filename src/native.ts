@@ -67,7 +67,7 @@ export function loadNative(): { addon: NativeAddon } | { reason: string } {
   } catch (err) {
     const message = (err as Error).message.split('\n')[0];
     cached = {
-      reason: `the native addon did not load (${message}); build it with \`npm rebuild shmbus\` (needs make, g++ and python3), or use transport 'process'`,
+      reason: `the native addon did not load (${message}); build it with \`npm rebuild shmbus\` (needs make, g++ and python3), or choose transport 'process' (or SHMBUS_TRANSPORT=process) to use Node's IPC channel without this warning`,
     };
   }
   return cached;
