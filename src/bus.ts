@@ -104,6 +104,8 @@ export class Bus {
   private readonly listeners = new Map<string, Listener[]>();
   private readonly handlers = new Map<string, Handler>();
   private readonly pending = new Map<number, PendingRequest>();
+  /** Pending requests per target (self excluded), as the transport is told. */
+  private readonly pendingTo = new Map<MemberId, number>();
   private readonly waiters = new Set<Waiter>();
   private readonly counters = new Map<MemberId, PeerStats>();
   private readonly messageHeads = new Map<string, Buffer>();
@@ -348,7 +350,13 @@ export class Bus {
       const { body, flags } = this.codec.encode(data);
       const requestId = this.nextRequestId;
       this.nextRequestId = this.nextRequestId >= 0xffffffff ? 1 : this.nextRequestId + 1;
-      this.deliver([to], makeHead(FrameKind.REQUEST, flags, requestId, action), body);
+      this.countPending(to, 1);
+      try {
+        this.deliver([to], makeHead(FrameKind.REQUEST, flags, requestId, action), body);
+      } catch (err) {
+        this.countPending(to, -1);
+        throw err;
+      }
 
       const entry: PendingRequest = {
         to,
@@ -373,10 +381,20 @@ export class Bus {
     const entry = this.pending.get(requestId);
     if (!entry) return;
     this.pending.delete(requestId);
+    this.countPending(entry.to, -1);
     clearTimeout(entry.timer);
     if (entry.signal && entry.onAbort) entry.signal.removeEventListener('abort', entry.onAbort);
     if (err) entry.reject(err);
     else entry.resolve(value);
+  }
+
+  /** Keeps the transport told how many requests to `to` are pending. */
+  private countPending(to: MemberId, delta: number): void {
+    if (to === this.id || !this.transportImpl.pendingRequests) return;
+    const count = (this.pendingTo.get(to) ?? 0) + delta;
+    if (count > 0) this.pendingTo.set(to, count);
+    else this.pendingTo.delete(to);
+    this.transportImpl.pendingRequests(to, count);
   }
 
   /** Resolves once every member's queue is below half of maxQueueBytes. */

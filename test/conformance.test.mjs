@@ -261,6 +261,20 @@ for (const transport of transports) {
       assert.equal(r.selfFlood.inOrder, true);
     });
 
+    test('taken bytes stop counting against maxQueueBytes: acknowledged on an answer, on a message back, and by themselves', async () => {
+      const r = await resultOf('acks.mjs', { transport, timeout: 90_000 });
+      const MiB = 2 ** 20;
+      assert.equal(r.answered, String(40 * MiB), 'the 40 MiB request was answered');
+      assert.deepEqual(r.afterAnswer, { value: 1 }, 'then at once a 30 MiB message to the same member is accepted');
+      assert.equal(r.took, String(40 * MiB));
+      assert.deepEqual(r.afterMessage, { value: 1 }, 'a 30 MiB message accepted as soon as the message back arrived');
+      assert.deepEqual(r.quiet, [
+        { size: 1024, queuedAfter: 0, framesFromPeer: 0 },
+        { size: 40 * MiB, queuedAfter: 0, framesFromPeer: 0 },
+      ], 'with nothing coming back, the queue still empties');
+      assert.equal(r.taken, 40 * MiB + 2 * 30 * MiB + 1024 + 40 * MiB, 'everything accepted arrived');
+    });
+
     test('100,000 messages each way between a cluster worker and the primary: all arrive, in order, once', async () => {
       const r = await resultOf('flood.mjs', { transport, timeout: 90_000 });
       const clean = { count: r.count, outOfOrder: 0, duplicates: 0, firstProblem: null };

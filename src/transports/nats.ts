@@ -14,16 +14,17 @@
  * responders" at once when nobody holds it), subscribes, asks everyone present to answer (a
  * query with a short collection window, `joinWindow`), then says hello. Members heartbeat every
  * `heartbeatInterval` ms; a member not heard from for `presenceTimeout` ms is gone; close() says
- * bye. While requests to a member are pending it is probed every PROBE ms with a message whose
+ * bye. While the bus has requests pending to a member it is probed every PROBE ms with a message whose
  * reply subject gets the server's "no responders" status if the member's connection is gone
  * (kill -9), so those requests fail within a fraction of a second.
  *
  * Frames carry the sender's id, incarnation (epoch) and a sequence number per stream (one stream
- * per target for frames to one member, one for broadcasts). Receivers acknowledge what they have
- * taken; the bytes not yet acknowledged are queuedBytes(to), so the bus's maxQueueBytes rule
- * bounds what sits in the server for a slow member. A gap in the sequence (the server dropped a
- * slow consumer, a reconnect lost what was in flight) is reported as an error; delivery is at
- * most once. Frames over the server's max_payload go as chunks and are joined back; a chunk
+ * per target for frames to one member, one for broadcasts), and a frame to one member the
+ * acknowledgement of what the sender took from it (flow.ts keeps both sides); acknowledgements
+ * with nothing to ride on go as control messages. The bytes not yet acknowledged are
+ * queuedBytes(to), so the bus's maxQueueBytes rule bounds what sits in the server for a slow
+ * member. A gap in the sequence (the server dropped a slow consumer, a reconnect lost what was in
+ * flight) is reported as an error; delivery is at most once. Frames over the server's max_payload go as chunks and are joined back; a chunk
  * stream that is cut is dropped, never delivered in part.
  *
  * Options (the `nats` section of open(); every other key goes to the client's connect()):
@@ -42,6 +43,7 @@ import { randomBytes } from 'node:crypto';
 import { debuglog } from 'node:util';
 import { ShmbusError, invalidArg } from '../errors';
 import { isMemberId, show } from '../options';
+import { BROADCAST, FlowControl, UNICAST, isU32, type Ack, type Stream } from './flow';
 import type { MemberId, Transport, TransportContext } from './transport';
 
 const debug = debuglog('shmbus');
@@ -74,25 +76,22 @@ const FIRST = 2;
 const MORE = 3;
 const LAST = 4;
 const JSON_START = 0x7b;
-const STREAM_UNICAST = 0;
-const STREAM_BROADCAST = 1;
-/** kind u8, stream u8, fromLen u8, 0 u8, epoch u32, seq u32; FIRST adds total u32. */
+/**
+ * kind u8, stream u8, fromLen u8, flags u8, epoch u32, seq u32; then FIRST adds total u32; then
+ * with ACK_U or ACK_B in flags an acknowledgement: the target's epoch u32, u u32, b u32; then
+ * the sender's id token.
+ */
 const FIXED = 12;
+const ACK_U = 1;
+const ACK_B = 2;
+const ACK_BLOCK = 12;
 const DEFAULT_MAX_PAYLOAD = 1024 * 1024;
 /** Room left in every message under max_payload. */
 const PAYLOAD_MARGIN = 64;
 /** How often pending requests' targets are probed, and expiry is checked, in ms. */
 const PROBE = 250;
-/** Requests older than this are no longer probed for (presence expiry still applies). */
-const REQUEST_PROBE_LIMIT = 60_000;
 /** After this long without an acknowledgement while bytes are outstanding, ask the target where it is. */
 const SYNC_AFTER = 1000;
-/** Longest wait before small amounts taken from a member are acknowledged, in ms. */
-const ACK_DELAY = 10;
-
-const FRAME_REQUEST = 2;
-const FRAME_REPLY = 3;
-const FRAME_FAILURE = 4;
 
 /** The options of the `nats` section that are shmbus's own; the rest go to the NATS client. */
 const OWN_KEYS = ['heartbeatInterval', 'presenceTimeout', 'joinWindow', 'claimTimeout', 'subjectPrefix'];
@@ -146,52 +145,6 @@ function tokenId(token: string): MemberId | undefined {
   return isMemberId(id) && idToken(id) === token ? id : undefined;
 }
 
-/** a <= b for u32 sequence numbers that wrap. */
-function seqLE(a: number, b: number): boolean {
-  return ((b - a) >>> 0) < 0x80000000;
-}
-
-/** Sequence numbers and sizes of frames sent and not yet acknowledged, oldest first. */
-class SeqQueue {
-  private seqs: number[] = [];
-  private sizes: number[] = [];
-  private head = 0;
-  bytes = 0;
-  push(seq: number, size: number): void {
-    this.seqs.push(seq);
-    this.sizes.push(size);
-    this.bytes += size;
-  }
-  get empty(): boolean {
-    return this.head === this.seqs.length;
-  }
-  get lastSeq(): number | undefined {
-    return this.empty ? undefined : this.seqs[this.seqs.length - 1];
-  }
-  /** Drops every entry up to and including `seq`; returns whether any went. */
-  ackThrough(seq: number): boolean {
-    const start = this.head;
-    while (this.head < this.seqs.length && seqLE(this.seqs[this.head], seq)) {
-      this.bytes -= this.sizes[this.head];
-      this.head++;
-    }
-    const progress = this.head !== start;
-    if (this.head === this.seqs.length) this.clear();
-    else if (this.head > 4096 && this.head * 2 > this.seqs.length) {
-      this.seqs = this.seqs.slice(this.head);
-      this.sizes = this.sizes.slice(this.head);
-      this.head = 0;
-    }
-    return progress;
-  }
-  clear(): void {
-    this.seqs = [];
-    this.sizes = [];
-    this.head = 0;
-    this.bytes = 0;
-  }
-}
-
 interface Partial {
   stream: number;
   seq: number;
@@ -206,21 +159,8 @@ interface Peer {
   lastSeen: number;
   /** The peer's own heartbeat interval (it may differ from this member's): expiry allows for it. */
   interval: number;
-  // What this member took from the peer.
-  uIn?: number;
-  bIn?: number;
+  /** A chunked frame from the peer, being joined. */
   partial?: Partial;
-  ackDue: boolean;
-  /** Bytes taken from the peer since the last acknowledgement. */
-  unacked: number;
-  // What this member sent to the peer.
-  useq: number;
-  outU: SeqQueue;
-  outB: SeqQueue;
-  /** Since when bytes are outstanding with no acknowledgement (0: none outstanding or progress). */
-  stalledSince: number;
-  /** Requests sent to the peer and not answered yet: request id -> when sent. */
-  requests: Map<number, number>;
 }
 
 interface Control {
@@ -245,10 +185,6 @@ function controlBytes(value: object): Uint8Array {
   return TE.encode(JSON.stringify(value));
 }
 
-function isU32(v: unknown): v is number {
-  return typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= 0xffffffff;
-}
-
 class NatsTransport implements Transport {
   readonly name = 'nats' as const;
   private readonly ctx: TransportContext;
@@ -269,13 +205,13 @@ class NatsTransport implements Transport {
   private readonly deadEpochs = new Map<MemberId, number>();
   private readonly tokenCache = new Map<string, MemberId | undefined>();
   private maxPayload = DEFAULT_MAX_PAYLOAD;
-  private bseq = 0;
+  private readonly flow: FlowControl;
+  /** Requests the bus has pending, per target: while there are any, the target is probed. */
+  private readonly pendingTo = new Map<MemberId, number>();
   private held = true;
   private hbTimer?: NodeJS.Timeout;
   private sweepTimer?: NodeJS.Timeout;
   private lastSweep = 0;
-  private ackScheduled = false;
-  private ackTimer?: NodeJS.Timeout;
   private closing?: Promise<void>;
   private lostClaim?: string;
   private claimAnswer?: (answer: { t: string; i?: string; e?: number } | 'none') => void;
@@ -301,6 +237,7 @@ class NatsTransport implements Transport {
       inbox: `${root}.x.${this.inst}`,
       member: (token) => `${root}.m.${token}`,
     };
+    this.flow = new FlowControl(ctx.maxQueueBytes, (to, ack) => this.sendAck(to, ack), () => this.reporting && ctx.host.writable());
   }
 
   // -------------------------------------------------------------------------------------------
@@ -423,7 +360,7 @@ class NatsTransport implements Transport {
     this.claimAnswer?.('none');
     clearInterval(this.hbTimer);
     clearInterval(this.sweepTimer);
-    clearTimeout(this.ackTimer);
+    this.flow.close();
     const nc = this.nc;
     this.closing = (async () => {
       if (!nc || nc.isClosed()) return;
@@ -460,60 +397,56 @@ class NatsTransport implements Transport {
   private sendOn(nc: NatsConnection, targets: readonly MemberId[], head: Uint8Array, body: Uint8Array): void {
     const size = head.length + body.length;
     const maxPayload = nc.info?.max_payload ?? this.maxPayload;
-    const isRequest = head[0] === FRAME_REQUEST && head.length >= 8;
-    const requestId = isRequest ? Buffer.from(head.buffer, head.byteOffset, head.byteLength).readUInt32LE(4) : 0;
     const now = Date.now();
 
     const broadcast = targets.length > 1 && targets.length === this.members.size && targets.every((id) => this.members.has(id));
     if (broadcast) {
-      this.bseq = (this.bseq + 1) >>> 0 || 1;
-      const seq = this.bseq;
-      this.publishFrame(nc, this.subjects.all, STREAM_BROADCAST, seq, head, body, maxPayload, undefined);
-      for (const peer of this.members.values()) {
-        if (peer.outU.empty && peer.outB.empty) peer.stalledSince = now;
-        peer.outB.push(seq, size);
-      }
+      const seq = this.flow.broadcast(this.members.keys(), size, now);
+      this.publishFrame(nc, this.subjects.all, BROADCAST, seq, head, body, maxPayload, undefined, undefined);
       return;
     }
     for (const id of targets) {
       const peer = this.members.get(id);
-      const token = peer?.token ?? idToken(id);
-      let seq = 0;
-      if (peer) {
-        peer.useq = (peer.useq + 1) >>> 0 || 1;
-        seq = peer.useq;
-        if (peer.outU.empty && peer.outB.empty) peer.stalledSince = now;
-        peer.outU.push(seq, size);
-        if (isRequest) peer.requests.set(requestId, now);
-      }
-      // A request carries a reply subject: if the target's connection is gone, the server's
-      // "no responders" status comes back at once.
-      const reply = isRequest && peer ? this.noResponderSubject(peer) : undefined;
-      this.publishFrame(nc, this.subjects.member(token), STREAM_UNICAST, seq, head, body, maxPayload, reply);
+      if (!peer) continue;
+      const seq = this.flow.sendTo(id, size, now);
+      // To a member with requests pending, a frame carries a reply subject: if the member's
+      // connection is gone, the server's "no responders" status comes back at once.
+      const reply = this.pendingTo.has(id) ? this.noResponderSubject(peer) : undefined;
+      const ack = this.flow.piggyback(id);
+      this.publishFrame(nc, this.subjects.member(peer.token), UNICAST, seq, head, body, maxPayload, reply, ack && { epoch: peer.epoch, ...ack });
     }
+  }
+
+  pendingRequests(to: MemberId, count: number): void {
+    if (count > 0) this.pendingTo.set(to, count);
+    else this.pendingTo.delete(to);
   }
 
   private noResponderSubject(peer: Peer): string {
     return `${this.subjects.inbox}.n.${peer.token}.${peer.epoch}`;
   }
 
-  /** Publishes one frame, whole or in chunks under max_payload. */
-  private publishFrame(nc: NatsConnection, subject: string, stream: number, seq: number, head: Uint8Array, body: Uint8Array, maxPayload: number, reply: string | undefined): void {
+  /**
+   * Publishes one frame, whole or in chunks under max_payload; `ack` (to the target's epoch) rides
+   * on the first.
+   */
+  private publishFrame(nc: NatsConnection, subject: string, stream: Stream, seq: number, head: Uint8Array, body: Uint8Array, maxPayload: number, reply: string | undefined, ack: (Ack & { epoch: number }) | undefined): void {
     const from = this.myTokenBytes;
     const size = head.length + body.length;
-    const wholeLen = FIXED + from.length + size;
+    const ackLen = ack ? ACK_BLOCK : 0;
+    const wholeLen = FIXED + ackLen + from.length + size;
     const options = reply ? { reply } : undefined;
     if (wholeLen <= maxPayload - PAYLOAD_MARGIN) {
       const buf = Buffer.allocUnsafe(wholeLen);
-      this.writeFixed(buf, WHOLE, stream, seq);
-      let at = FIXED + from.copy(buf, FIXED);
+      this.writeFixed(buf, WHOLE, stream, seq, FIXED, ack);
+      let at = FIXED + ackLen + from.copy(buf, FIXED + ackLen);
       buf.set(head, at);
       at += head.length;
       buf.set(body, at);
       nc.publish(subject, buf, options);
       return;
     }
-    const room = maxPayload - PAYLOAD_MARGIN - (FIXED + 4 + from.length);
+    const room = maxPayload - PAYLOAD_MARGIN - (FIXED + 4 + ACK_BLOCK + from.length);
     if (room < 1024) throw new ShmbusError('ERR_SHMBUS_TRANSPORT', `the NATS server's max_payload (${maxPayload}) is too small`);
     // Chunk i covers bytes [i*room, (i+1)*room) of head+body, without joining them first.
     let offset = 0;
@@ -522,9 +455,9 @@ class NatsTransport implements Transport {
       const n = Math.min(room, size - offset);
       const last = offset + n === size;
       const kind = first ? FIRST : last ? LAST : MORE;
-      const hdr = FIXED + (first ? 4 : 0) + from.length;
+      const hdr = FIXED + (first ? 4 + ackLen : 0) + from.length;
       const buf = Buffer.allocUnsafe(hdr + n);
-      this.writeFixed(buf, kind, stream, seq);
+      this.writeFixed(buf, kind, stream, seq, FIXED + 4, first ? ack : undefined);
       if (first) buf.writeUInt32LE(size, FIXED);
       from.copy(buf, hdr - from.length);
       let at = hdr;
@@ -543,13 +476,23 @@ class NatsTransport implements Transport {
     }
   }
 
-  private writeFixed(buf: Buffer, kind: number, stream: number, seq: number): void {
+  /** The fixed part, and at `ackAt` the acknowledgement if there is one. */
+  private writeFixed(buf: Buffer, kind: number, stream: Stream, seq: number, ackAt: number, ack: (Ack & { epoch: number }) | undefined): void {
     buf[0] = kind;
     buf[1] = stream;
     buf[2] = this.myTokenBytes.length;
-    buf[3] = 0;
+    buf[3] = ack ? (ack.u !== undefined ? ACK_U : 0) | (ack.b !== undefined ? ACK_B : 0) : 0;
     buf.writeUInt32LE(this.epoch, 4);
     buf.writeUInt32LE(seq, 8);
+    if (!ack) return;
+    buf.writeUInt32LE(ack.epoch, ackAt);
+    buf.writeUInt32LE(ack.u ?? 0, ackAt + 4);
+    buf.writeUInt32LE(ack.b ?? 0, ackAt + 8);
+  }
+
+  private sendAck(to: MemberId, ack: Ack): void {
+    const peer = this.members.get(to);
+    if (peer && this.state === 'member') this.publishControl(this.subjects.member(peer.token), { t: 'ack', te: peer.epoch, u: ack.u, b: ack.b });
   }
 
   private publishControl(subject: string, fields: object, reply?: string, nc = this.nc): void {
@@ -562,8 +505,7 @@ class NatsTransport implements Transport {
   }
 
   queuedBytes(to: MemberId): number {
-    const peer = this.members.get(to);
-    return peer ? peer.outU.bytes + peer.outB.bytes : 0;
+    return this.members.has(to) ? this.flow.queuedBytes(to) : 0;
   }
 
   // -------------------------------------------------------------------------------------------
@@ -677,13 +619,6 @@ class NatsTransport implements Transport {
       epoch,
       lastSeen: now,
       interval: 0,
-      ackDue: false,
-      unacked: 0,
-      useq: 0,
-      outU: new SeqQueue(),
-      outB: new SeqQueue(),
-      stalledSince: 0,
-      requests: new Map(),
     };
     this.members.set(id, peer);
     debug('nats %s: %s joined (epoch %d)', this.ctx.busName, id, epoch);
@@ -701,11 +636,13 @@ class NatsTransport implements Transport {
     const peer = this.members.get(id);
     if (!peer) return;
     this.members.delete(id);
+    const queued = this.flow.queuedBytes(id);
+    this.flow.forget(id);
     debug('nats %s: %s left (%s)', this.ctx.busName, id, why);
     if (peer.partial) debug('nats %s: dropped a partial frame from %s', this.ctx.busName, id);
     if (this.reporting) {
       this.ctx.host.leave(id);
-      if (peer.outU.bytes + peer.outB.bytes > 0) this.ctx.host.writable();
+      if (queued > 0) this.ctx.host.writable();
     }
   }
 
@@ -827,7 +764,9 @@ class NatsTransport implements Transport {
     if (kind < WHOLE || kind > LAST || d.length < FIXED) return;
     const data = Buffer.from(d.buffer, d.byteOffset, d.byteLength);
     const stream = data[1];
+    if (stream !== UNICAST && stream !== BROADCAST) return;
     const fromLen = data[2];
+    const ackFlags = data[3] & (ACK_U | ACK_B);
     const epoch = data.readUInt32LE(4);
     const seq = data.readUInt32LE(8);
     let at = FIXED;
@@ -837,6 +776,8 @@ class NatsTransport implements Transport {
       total = data.readUInt32LE(FIXED);
       at += 4;
     }
+    const ackAt = at;
+    if (ackFlags !== 0) at += ACK_BLOCK;
     if (data.length < at + fromLen) return;
     const id = this.fromToken(data.toString('latin1', at, at + fromLen));
     at += fromLen;
@@ -844,6 +785,13 @@ class NatsTransport implements Transport {
     const peer = this.seen(id, epoch);
     if (!peer) return;
     const payload = data.subarray(at);
+    // What the sender took from this member counts before its frame is handed on.
+    if (ackFlags !== 0 && data.readUInt32LE(ackAt) === this.epoch) {
+      this.flow.acked(id, {
+        u: ackFlags & ACK_U ? data.readUInt32LE(ackAt + 4) : undefined,
+        b: ackFlags & ACK_B ? data.readUInt32LE(ackAt + 8) : undefined,
+      });
+    }
 
     if (kind === MORE || kind === LAST) {
       const partial = peer.partial;
@@ -868,19 +816,11 @@ class NatsTransport implements Transport {
       peer.partial = undefined;
       this.report(new ShmbusError('ERR_SHMBUS_TRANSPORT', `a large message from member ${show(id)} was cut off and dropped`));
     }
-    const last = stream === STREAM_BROADCAST ? peer.bIn : peer.uIn;
-    if (last !== undefined && seq !== ((last + 1) >>> 0) && seqLE(seq, last) === false) {
-      const lost = (seq - last - 1) >>> 0;
-      this.report(new ShmbusError('ERR_SHMBUS_TRANSPORT', `${lost} message(s) from member ${show(id)} were lost (a slow consumer dropped by the NATS server, or a reconnect)`));
-    }
     if (kind === WHOLE) return this.take(peer, stream, seq, payload);
     if (total > this.ctx.maxMessageSize) {
       this.report(new ShmbusError('ERR_SHMBUS_TOO_LARGE', `member ${show(id)} sent a message of ${total} bytes, over this member's maxMessageSize (${this.ctx.maxMessageSize}); dropped`));
-      // Mark it taken so that its chunks are ignored and the sender's queue empties.
-      peer.partial = undefined;
-      if (stream === STREAM_BROADCAST) peer.bIn = seq;
-      else peer.uIn = seq;
-      this.ackLater(peer);
+      // Taken (as nothing), so that its chunks are ignored and the sender's queue empties.
+      this.reportLost(id, this.flow.took(id, stream, seq, 0));
       return;
     }
     if (payload.length > total) return;
@@ -889,53 +829,14 @@ class NatsTransport implements Transport {
     peer.partial = { stream, seq, buf, filled: payload.length };
   }
 
-  /** A whole frame from `peer`: hand it to the bus and acknowledge it. */
-  private take(peer: Peer, stream: number, seq: number, frame: Buffer): void {
-    if (stream === STREAM_BROADCAST) peer.bIn = seq;
-    else peer.uIn = seq;
-    peer.unacked += frame.length;
-    this.ackLater(peer, peer.unacked < this.ackThreshold);
-    const kind = frame[0];
-    if ((kind === FRAME_REPLY || kind === FRAME_FAILURE) && frame.length >= 8) peer.requests.delete(frame.readUInt32LE(4));
+  /** A whole frame from `peer`: taken (so that what is sent in answer acknowledges it), then handed to the bus. */
+  private take(peer: Peer, stream: Stream, seq: number, frame: Buffer): void {
+    this.reportLost(peer.id, this.flow.took(peer.id, stream, seq, frame.length));
     this.ctx.host.frame(peer.id, frame);
   }
 
-  /**
-   * Acknowledges what was taken from `peer`: on the next turn of the loop once a good part of a
-   * queue's worth is unacknowledged, else within ACK_DELAY ms (so that a ping-pong does not cost an
-   * acknowledgement per message each way).
-   */
-  private ackLater(peer: Peer, lazy = false): void {
-    peer.ackDue = true;
-    if (this.ackScheduled) return;
-    if (lazy) {
-      this.ackTimer ??= setTimeout(() => {
-        this.ackTimer = undefined;
-        this.sendAcks();
-      }, ACK_DELAY).unref();
-      return;
-    }
-    this.ackScheduled = true;
-    setImmediate(() => this.sendAcks());
-  }
-
-  private get ackThreshold(): number {
-    return Math.max(4096, this.ctx.maxQueueBytes / 8);
-  }
-
-  private sendAcks(): void {
-    this.ackScheduled = false;
-    if (this.ackTimer) {
-      clearTimeout(this.ackTimer);
-      this.ackTimer = undefined;
-    }
-    if (this.state !== 'member') return;
-    for (const peer of this.members.values()) {
-      if (!peer.ackDue) continue;
-      peer.ackDue = false;
-      peer.unacked = 0;
-      this.publishControl(this.subjects.member(peer.token), { t: 'ack', te: peer.epoch, u: peer.uIn, b: peer.bIn });
-    }
+  private reportLost(id: MemberId, lost: number): void {
+    if (lost > 0) this.report(new ShmbusError('ERR_SHMBUS_TRANSPORT', `${lost} message(s) from member ${show(id)} were lost (a slow consumer dropped by the NATS server, or a reconnect)`));
   }
 
   /** Control messages on this member's own subject: claims, acknowledgements, syncs. */
@@ -954,34 +855,19 @@ class NatsTransport implements Transport {
         const peer = this.members.get(id);
         if (c.te !== this.epoch || !peer || peer.epoch !== epoch) return;
         peer.lastSeen = Date.now();
-        let progress = false;
-        if (isU32(c.u)) progress = peer.outU.ackThrough(c.u) || progress;
-        if (isU32(c.b)) progress = peer.outB.ackThrough(c.b) || progress;
-        if (progress) {
-          peer.stalledSince = peer.outU.empty && peer.outB.empty ? 0 : Date.now();
-          if (this.reporting) this.ctx.host.writable();
-        }
+        this.flow.acked(id, c);
         return;
       }
       case 'sync': {
         // The sender has sent up to (u, b): whatever of that has not arrived by now never will.
         const peer = this.seen(id, epoch);
         if (!peer) return;
-        let lost = 0;
-        if (isU32(c.u) && c.u !== 0) {
-          if (peer.uIn !== undefined && !seqLE(c.u, peer.uIn)) lost += (c.u - peer.uIn) >>> 0;
-          if (peer.uIn === undefined || !seqLE(c.u, peer.uIn)) peer.uIn = c.u;
-        }
-        if (isU32(c.b)) {
-          if (peer.bIn !== undefined && !seqLE(c.b, peer.bIn)) lost += (c.b - peer.bIn) >>> 0;
-          if (peer.bIn === undefined || !seqLE(c.b, peer.bIn)) peer.bIn = c.b;
-        }
+        let lost = this.flow.sentThere(id, c);
         if (peer.partial) {
           peer.partial = undefined;
           lost++;
         }
-        if (lost > 0) this.report(new ShmbusError('ERR_SHMBUS_TRANSPORT', `${lost} message(s) from member ${show(id)} were lost (a slow consumer dropped by the NATS server, or a reconnect)`));
-        this.ackLater(peer);
+        this.reportLost(id, lost);
         return;
       }
     }
@@ -1006,14 +892,10 @@ class NatsTransport implements Transport {
         this.remove(peer.id, `not heard from for ${now - peer.lastSeen} ms`);
         continue;
       }
-      for (const [requestId, at] of peer.requests) if (now - at > REQUEST_PROBE_LIMIT) peer.requests.delete(requestId);
-      const stalled = peer.stalledSince !== 0 && now - peer.stalledSince > SYNC_AFTER && !(peer.outU.empty && peer.outB.empty);
-      if (peer.requests.size > 0 || stalled) {
-        if (stalled) peer.stalledSince = now;
-        const fields: Record<string, unknown> = { t: 'sync', u: peer.useq };
-        const b = peer.outB.lastSeq;
-        if (b !== undefined) fields.b = b;
-        this.publishControl(this.subjects.member(peer.token), fields, this.noResponderSubject(peer));
+      const stalled = this.flow.stalled(peer.id, SYNC_AFTER, now);
+      if (this.pendingTo.has(peer.id) || stalled) {
+        const { u, b } = this.flow.sentUpTo(peer.id);
+        this.publishControl(this.subjects.member(peer.token), { t: 'sync', u, b }, this.noResponderSubject(peer));
       }
     }
   }

@@ -12,19 +12,20 @@ import * as diagnostics from 'node:diagnostics_channel';
 import { debuglog } from 'node:util';
 import { ShmbusError, invalidArg } from '../errors';
 import { clusterRole, isMemberId, show } from '../options';
+import { FlowControl, UNICAST, isU32 } from './flow';
 import type { MemberId, Transport, TransportContext } from './transport';
 
 const debug = debuglog('shmbus');
 const TAG = '__shmbus';
 const PROTOCOL = 1;
-/** Taken bytes acknowledged at once (or an eighth of maxQueueBytes, if less). */
-const ACK_BYTES = 256 * 1024;
-/** How long taken bytes below that wait to be acknowledged together. */
-const ACK_DELAY_MS = 5;
 
 type Wire = string | Uint8Array;
 
-/** Every envelope: hello/welcome/refuse/join/leave/bye for membership, f for frames, a for acks. */
+/**
+ * Every envelope: hello/welcome/refuse/join/leave/bye for membership, f for frames, a for
+ * acknowledgements. A frame carries its sequence number per target (s), and one to a member alone
+ * the acknowledgement of what the sender took from that member (k); an acknowledgement is u.
+ */
 interface Envelope {
   [TAG]: number;
   t: 'hello' | 'welcome' | 'refuse' | 'join' | 'leave' | 'bye' | 'f' | 'a';
@@ -34,7 +35,9 @@ interface Envelope {
   to?: MemberId | MemberId[];
   from?: MemberId;
   d?: Wire;
-  n?: number;
+  s?: number | number[];
+  k?: number;
+  u?: number;
   json?: boolean;
   code?: string;
   message?: string;
@@ -60,61 +63,6 @@ function fromWire(d: unknown): Buffer | undefined {
 }
 
 const thisChannelIsJson = process.env.NODE_CHANNEL_SERIALIZATION_MODE !== 'advanced';
-
-/** The members' side of flow control: bytes sent to each member and not yet acknowledged by it. */
-class Outstanding {
-  private readonly bytes = new Map<MemberId, number>();
-  add(id: MemberId, n: number): void {
-    this.bytes.set(id, (this.bytes.get(id) ?? 0) + n);
-  }
-  /** Returns true when something went down. */
-  ack(id: MemberId, n: number): boolean {
-    const now = this.bytes.get(id);
-    if (now === undefined || !(n > 0)) return false;
-    if (now <= n) this.bytes.delete(id);
-    else this.bytes.set(id, now - n);
-    return true;
-  }
-  get(id: MemberId): number {
-    return this.bytes.get(id) ?? 0;
-  }
-  forget(id: MemberId): void {
-    this.bytes.delete(id);
-  }
-}
-
-/**
- * Acknowledges taken bytes per sender: at once past `threshold` bytes, else within ACK_DELAY_MS,
- * so that a ping-pong does not cost an acknowledgement per message each way.
- */
-class Acker {
-  private readonly taken = new Map<MemberId, number>();
-  private timer?: NodeJS.Timeout;
-  private immediate?: NodeJS.Immediate;
-  private readonly threshold: number;
-  constructor(
-    maxQueueBytes: number,
-    private readonly sendAck: (to: MemberId, n: number) => void,
-  ) {
-    this.threshold = Math.max(1, Math.min(ACK_BYTES, Math.floor(maxQueueBytes / 8)));
-  }
-  took(from: MemberId, n: number): void {
-    const total = (this.taken.get(from) ?? 0) + n;
-    this.taken.set(from, total);
-    if (total >= this.threshold) this.immediate ??= setImmediate(() => this.flush());
-    else if (!this.timer) {
-      this.timer = setTimeout(() => this.flush(), ACK_DELAY_MS);
-      this.timer.unref();
-    }
-  }
-  private flush(): void {
-    if (this.immediate) clearImmediate(this.immediate);
-    if (this.timer) clearTimeout(this.timer);
-    this.immediate = this.timer = undefined;
-    for (const [from, n] of this.taken) this.sendAck(from, n);
-    this.taken.clear();
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // The hub side: every IPC child of this process, watched from the moment it is made.
@@ -170,8 +118,7 @@ class HubTransport implements Transport {
   private readonly id: MemberId;
   private readonly members = new Map<MemberId, ChildLink>();
   private readonly idOf = new Map<ChildProcess, MemberId>();
-  private readonly outstanding = new Outstanding();
-  private readonly acker: Acker;
+  private readonly flow: FlowControl;
   private open_ = false;
   /** An open bus holds the loop like a listening server; the hub has no handle of its own that would. */
   private keepAlive?: NodeJS.Timeout;
@@ -179,7 +126,7 @@ class HubTransport implements Transport {
   constructor(private readonly ctx: TransportContext) {
     this.bus = ctx.busName;
     this.id = ctx.id;
-    this.acker = new Acker(ctx.maxQueueBytes, (to, n) => this.route(to, envelope('a', this.bus, { from: this.id, n }), null));
+    this.flow = new FlowControl(ctx.maxQueueBytes, (to, ack) => this.route(to, envelope('a', this.bus, { from: this.id, u: ack.u }), null), () => ctx.host.writable());
   }
 
   async open(): Promise<void> {
@@ -203,6 +150,7 @@ class HubTransport implements Transport {
     this.open_ = false;
     clearInterval(this.keepAlive);
     hubs.delete(this.bus);
+    this.flow.close();
     for (const { child } of this.members.values()) post(child, envelope('leave', this.bus, { id: this.id }));
     for (const { child } of this.members.values()) post(child, envelope('bye', this.bus));
     this.members.clear();
@@ -220,13 +168,13 @@ class HubTransport implements Transport {
       const link = this.members.get(to);
       if (!link) continue;
       const d = link.json ? (base64 ??= frame.toString('base64')) : frame;
-      this.outstanding.add(to, frame.length);
-      post(link.child, envelope('f', this.bus, { from: this.id, d }));
+      const s = this.flow.sendTo(to, frame.length);
+      post(link.child, envelope('f', this.bus, { from: this.id, d, s, k: this.flow.piggyback(to)?.u }));
     }
   }
 
   queuedBytes(to: MemberId): number {
-    return this.outstanding.get(to);
+    return this.flow.queuedBytes(to);
   }
 
   ref(): void {
@@ -250,29 +198,38 @@ class HubTransport implements Transport {
       case 'f': {
         if (from === undefined) return;
         const targets = Array.isArray(e.to) ? e.to : [e.to];
+        const seqs = Array.isArray(e.s) ? e.s : [e.s];
+        // The acknowledgement rides only on a frame to one member.
+        const k = targets.length === 1 ? e.k : undefined;
         let frame: Buffer | undefined;
-        for (const to of targets) {
+        for (let i = 0; i < targets.length; i++) {
+          const to = targets[i];
+          const s = seqs[i];
+          if (!isU32(s)) return this.ctx.host.error(new ShmbusError('ERR_SHMBUS_PROTOCOL', `member ${show(from)} sent a frame without a sequence number`));
           if (to === this.id) {
             frame ??= fromWire(e.d);
             if (!frame) return this.ctx.host.error(new ShmbusError('ERR_SHMBUS_PROTOCOL', `member ${show(from)} sent a frame in an unknown form`));
-            this.ctx.host.frame(from, frame);
-            this.acker.took(from, frame.length);
+            this.take(from, s, k, frame);
           } else if (to !== from && isMemberId(to)) {
-            this.route(to, envelope('f', this.bus, { from, d: e.d }), e.d);
+            this.route(to, envelope('f', this.bus, { from, d: e.d, s, k }), e.d);
           }
         }
         return;
       }
       case 'a': {
         if (from === undefined || !isMemberId(e.to)) return;
-        if (e.to === this.id) {
-          if (this.outstanding.ack(from, Number(e.n))) this.ctx.host.writable();
-        } else {
-          this.route(e.to, envelope('a', this.bus, { from, n: e.n }), null);
-        }
+        if (e.to === this.id) this.flow.acked(from, { u: e.u });
+        else this.route(e.to, envelope('a', this.bus, { from, u: e.u }), null);
         return;
       }
     }
+  }
+
+  /** A frame to this member: its acknowledgement counts first, then it is taken and handed on. */
+  private take(from: MemberId, s: number, k: unknown, frame: Buffer): void {
+    if (k !== undefined) this.flow.acked(from, { u: k });
+    this.flow.took(from, UNICAST, s, frame.length);
+    this.ctx.host.frame(from, frame);
   }
 
   /** Sends `e` to member `to` through its child link, re-encoding a frame for its channel. */
@@ -319,7 +276,7 @@ class HubTransport implements Transport {
     if (!link) return;
     this.members.delete(id);
     this.idOf.delete(link.child);
-    this.outstanding.forget(id);
+    this.flow.forget(id);
     for (const other of this.members.values()) post(other.child, envelope('leave', this.bus, { id }));
     debug('process hub %s: %s left', this.bus, id);
     this.ctx.host.leave(id);
@@ -347,8 +304,7 @@ class MemberTransport implements Transport {
   readonly name = 'process' as const;
   private readonly bus: string;
   private readonly members = new Set<MemberId>();
-  private readonly outstanding = new Outstanding();
-  private readonly acker: Acker;
+  private readonly flow: FlowControl;
   private readonly handshakeTimeout: number;
   private joined = false;
   private closed = false;
@@ -358,7 +314,7 @@ class MemberTransport implements Transport {
 
   constructor(private readonly ctx: TransportContext) {
     this.bus = ctx.busName;
-    this.acker = new Acker(ctx.maxQueueBytes, (to, n) => post(process, envelope('a', this.bus, { to, n })));
+    this.flow = new FlowControl(ctx.maxQueueBytes, (to, ack) => post(process, envelope('a', this.bus, { to, u: ack.u })), () => ctx.host.writable());
     const t = ctx.options.handshakeTimeout ?? 1000;
     if (typeof t !== 'number' || !(t > 0)) throw invalidArg(`process.handshakeTimeout must be a number of ms above 0, got ${show(t)}`);
     this.handshakeTimeout = t;
@@ -403,6 +359,7 @@ class MemberTransport implements Transport {
     post(process, envelope('bye', this.bus));
     this.detach();
     this.members.clear();
+    this.flow.close();
   }
 
   private detach(): void {
@@ -416,12 +373,19 @@ class MemberTransport implements Transport {
 
   send(targets: readonly MemberId[], head: Uint8Array, body: Uint8Array): void {
     const frame = Buffer.concat([head, body]);
-    for (const to of targets) this.outstanding.add(to, frame.length);
-    post(process, envelope('f', this.bus, { to: targets.length === 1 ? targets[0] : [...targets], d: toWire(frame, thisChannelIsJson) }));
+    const d = toWire(frame, thisChannelIsJson);
+    if (targets.length === 1) {
+      const to = targets[0];
+      const s = this.flow.sendTo(to, frame.length);
+      post(process, envelope('f', this.bus, { to, d, s, k: this.flow.piggyback(to)?.u }));
+    } else {
+      const s = targets.map((to) => this.flow.sendTo(to, frame.length));
+      post(process, envelope('f', this.bus, { to: [...targets], d, s }));
+    }
   }
 
   queuedBytes(to: MemberId): number {
-    return this.outstanding.get(to);
+    return this.flow.queuedBytes(to);
   }
 
   ref(): void {
@@ -464,7 +428,7 @@ class MemberTransport implements Transport {
         return;
       case 'leave':
         if (isMemberId(e.id) && this.members.delete(e.id)) {
-          this.outstanding.forget(e.id);
+          this.flow.forget(e.id);
           host.leave(e.id);
         }
         return;
@@ -473,13 +437,15 @@ class MemberTransport implements Transport {
       case 'f': {
         if (!isMemberId(e.from) || !this.members.has(e.from)) return;
         const frame = fromWire(e.d);
-        if (!frame) return host.error(new ShmbusError('ERR_SHMBUS_PROTOCOL', `member ${show(e.from)} sent a frame in an unknown form`));
+        if (!frame || !isU32(e.s)) return host.error(new ShmbusError('ERR_SHMBUS_PROTOCOL', `member ${show(e.from)} sent a frame in an unknown form`));
+        // Its acknowledgement counts before the frame is handed on; what is taken is owed before anything answers it.
+        if (e.k !== undefined) this.flow.acked(e.from, { u: e.k });
+        this.flow.took(e.from, UNICAST, e.s, frame.length);
         host.frame(e.from, frame);
-        this.acker.took(e.from, frame.length);
         return;
       }
       case 'a':
-        if (isMemberId(e.from) && this.outstanding.ack(e.from, Number(e.n))) host.writable();
+        if (isMemberId(e.from)) this.flow.acked(e.from, { u: e.u });
         return;
     }
   }
@@ -489,7 +455,7 @@ class MemberTransport implements Transport {
     const gone = [...this.members];
     this.members.clear();
     for (const id of gone) {
-      this.outstanding.forget(id);
+      this.flow.forget(id);
       this.ctx.host.leave(id);
     }
   }

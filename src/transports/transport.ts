@@ -73,6 +73,13 @@ export interface Transport {
   /** Bytes accepted for `to` and not yet taken by it (0 for a non-member). */
   queuedBytes(to: MemberId): number;
 
+  /**
+   * Optional: the bus now has `count` requests to member `to` waiting for an answer. Called when
+   * that changes, before the frame of a new request is sent. A transport that sees a member die
+   * only by asking (nats) asks after the targets of pending requests while there are any.
+   */
+  pendingRequests?(to: MemberId, count: number): void;
+
   /** Whether the transport keeps the event loop alive (it does after open() until unref()). */
   ref(): void;
   unref(): void;
