@@ -2,7 +2,8 @@ import { debuglog } from 'node:util';
 import { ShmbusError, invalidArg } from './errors';
 import { codecs, type Codec } from './codec';
 import { FrameKind, MAX_ACTION_CHARS, makeHead, parseFrame, type ParsedFrame } from './frame';
-import { checkMemberId, compareIds, isMemberId, show, type ResolvedOptions } from './options';
+import { checkMemberId, compareIds, isMemberId, show } from './ids';
+import type { ResolvedOptions } from './options';
 import type { MemberId, Transport, TransportHost, TransportName } from './transports/transport';
 
 const debug = debuglog('shmbus');
@@ -32,6 +33,8 @@ export interface WaitForOptions {
 }
 
 export interface PeerStats {
+  /** How this member reaches that one: 'self' for this member itself, else the transport's name. */
+  via: 'self' | TransportName;
   queuedBytes: number;
   sentMessages: number;
   sentBytes: number;
@@ -90,8 +93,11 @@ function checkTimeout(value: unknown, what: string, fallback: number): number {
   return value;
 }
 
-function newStats(): PeerStats {
-  return { queuedBytes: 0, sentMessages: 0, sentBytes: 0, receivedMessages: 0, receivedBytes: 0, drops: 0, errors: 0 };
+/** What the bus counts per member; stats() adds the rest. */
+type PeerCounters = Omit<PeerStats, 'via' | 'queuedBytes'>;
+
+function newStats(): PeerCounters {
+  return { sentMessages: 0, sentBytes: 0, receivedMessages: 0, receivedBytes: 0, drops: 0, errors: 0 };
 }
 
 export class Bus {
@@ -107,7 +113,7 @@ export class Bus {
   /** Pending requests per target (self excluded), as the transport is told. */
   private readonly pendingTo = new Map<MemberId, number>();
   private readonly waiters = new Set<Waiter>();
-  private readonly counters = new Map<MemberId, PeerStats>();
+  private readonly counters = new Map<MemberId, PeerCounters>();
   private readonly messageHeads = new Map<string, Buffer>();
   /** Per member: its queuedBytes() when last read, and handedBytes then (see belowQueueLimit). */
   private readonly queuedSeen = new Map<MemberId, { queued: number; at: number }>();
@@ -435,7 +441,7 @@ export class Bus {
   stats(): BusStats {
     const peers: Record<string, PeerStats> = {};
     for (const id of [this.id, ...this.peers()]) {
-      peers[String(id)] = { ...this.counter(id), queuedBytes: this.queuedBytes(id) };
+      peers[String(id)] = { via: id === this.id ? 'self' : this.transport, queuedBytes: this.queuedBytes(id), ...this.counter(id) };
     }
     return { id: this.id, transport: this.transport, codec: this.codec.name, peers };
   }
@@ -453,7 +459,7 @@ export class Bus {
     return this.closing;
   }
 
-  private counter(id: MemberId): PeerStats {
+  private counter(id: MemberId): PeerCounters {
     let c = this.counters.get(id);
     if (!c) {
       c = newStats();
@@ -517,7 +523,7 @@ export class Bus {
     }
   }
 
-  private decode(from: MemberId, parsed: ParsedFrame, c: PeerStats): { ok: true; data: unknown } | { ok: false; err: ShmbusError } {
+  private decode(from: MemberId, parsed: ParsedFrame, c: PeerCounters): { ok: true; data: unknown } | { ok: false; err: ShmbusError } {
     try {
       return { ok: true, data: this.codec.decode(parsed.body, parsed.flags) };
     } catch (cause) {
@@ -527,7 +533,7 @@ export class Bus {
     }
   }
 
-  private onMessage(from: MemberId, parsed: ParsedFrame, c: PeerStats): void {
+  private onMessage(from: MemberId, parsed: ParsedFrame, c: PeerCounters): void {
     const list = this.listeners.get(parsed.action);
     if (!list) {
       c.drops++;
@@ -587,7 +593,7 @@ export class Bus {
     this.deliver([to], makeHead(FrameKind.FAILURE, 0, requestId, action), body, false);
   }
 
-  private onReply(from: MemberId, parsed: ParsedFrame, c: PeerStats): void {
+  private onReply(from: MemberId, parsed: ParsedFrame, c: PeerCounters): void {
     const entry = this.pending.get(parsed.requestId);
     if (!entry || entry.to !== from) {
       debug('an answer from %s to request %d that is not pending', from, parsed.requestId);

@@ -1,7 +1,8 @@
 import * as os from 'node:os';
 import { invalidArg } from './errors';
 import { codecs, type CodecName } from './codec';
-import type { MemberId, TransportName } from './transports/transport';
+import { checkMemberId, clusterRole, isMemberId, parseMemberId, show, type MemberId } from './ids';
+import type { TransportName } from './transports/transport';
 
 export interface OpenOptions {
   /** Bus name; members with the same name form one bus. Default 'default'. */
@@ -39,35 +40,8 @@ export interface ResolvedOptions {
 }
 
 const BUS_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
-const STRING_ID = /^[A-Za-z_][A-Za-z0-9_.-]{0,63}$/;
-const MAX_INT_ID = 2 ** 31 - 1;
 const TRANSPORTS = ['auto', 'shm', 'process', 'nats'];
 const KNOWN = new Set(['name', 'id', 'transport', 'codec', 'requestTimeout', 'maxMessageSize', 'maxQueueBytes', 'shm', 'process', 'nats']);
-
-export function isMemberId(id: unknown): id is MemberId {
-  if (typeof id === 'number') return Number.isInteger(id) && id >= 0 && id <= MAX_INT_ID;
-  return typeof id === 'string' && STRING_ID.test(id);
-}
-
-export function checkMemberId(id: unknown, what = 'id'): MemberId {
-  if (!isMemberId(id)) {
-    throw invalidArg(`${what} must be an integer 0..2^31-1 or a string matching ${STRING_ID}, got ${show(id)}`);
-  }
-  return id;
-}
-
-/** Reads an id from text (environment variables, file names): digits are a worker number. */
-export function parseMemberId(text: string): MemberId | undefined {
-  const id: MemberId = /^\d{1,10}$/.test(text) ? Number(text) : text;
-  return isMemberId(id) ? id : undefined;
-}
-
-export function show(value: unknown): string {
-  if (typeof value === 'string') return JSON.stringify(value);
-  if (typeof value === 'bigint') return `${value}n`;
-  if (value === null || typeof value !== 'object') return String(value);
-  return Array.isArray(value) ? 'an array' : 'an object';
-}
 
 function positiveInt(value: unknown, what: string, fallback: number): number {
   if (value === undefined) return fallback;
@@ -101,17 +75,6 @@ function defaultId(): MemberId {
   if (role.primary) return 'primary';
   const host = os.hostname().replace(/[^A-Za-z0-9_.-]/g, '_').slice(0, 40);
   return `${/^[A-Za-z_]/.test(host) ? host : `h${host}`}-${process.pid}`;
-}
-
-/**
- * This process's place in a node:cluster application: a worker (Node loads node:cluster in every
- * worker), or a primary (a process, not a worker, whose program loaded node:cluster), or neither.
- */
-export function clusterRole(): { worker?: import('node:cluster').Worker; primary: boolean; cluster?: import('node:cluster').Cluster } {
-  const loaded = (process as unknown as { moduleLoadList?: string[] }).moduleLoadList;
-  if (!Array.isArray(loaded) || !loaded.includes('NativeModule cluster')) return { primary: false };
-  const cluster = require('node:cluster') as import('node:cluster').Cluster;
-  return cluster.isWorker ? { worker: cluster.worker, primary: false, cluster } : { primary: true, cluster };
 }
 
 export function resolveOptions(options: unknown): ResolvedOptions {
@@ -156,11 +119,4 @@ export function resolveOptions(options: unknown): ResolvedOptions {
     process: section(o.process, 'process'),
     nats: section(o.nats, 'nats'),
   };
-}
-
-/** Orders ids as peers() promises: numbers ascending, then strings. */
-export function compareIds(a: MemberId, b: MemberId): number {
-  if (typeof a === 'number') return typeof b === 'number' ? a - b : -1;
-  if (typeof b === 'number') return 1;
-  return a < b ? -1 : a > b ? 1 : 0;
 }

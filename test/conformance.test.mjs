@@ -354,8 +354,9 @@ for (const transport of transports) {
         assert.equal(stats.codec, 'v8');
         assert.deepEqual(Object.keys(stats.peers).sort(), [r.stats.id, 'c'].sort(), 'every member, self included');
         for (const [id, peer] of Object.entries(stats.peers)) {
-          assert.deepEqual(Object.keys(peer).sort(), fields, `stats of ${id}`);
+          assert.deepEqual(Object.keys(peer).sort(), [...fields, 'via'].sort(), `stats of ${id}`);
           for (const f of fields) assert.ok(Number.isSafeInteger(peer[f]) && peer[f] >= 0, `${f} of ${id}: ${peer[f]}`);
+          assert.equal(peer.via, id === String(stats.id) ? 'self' : transport, `how ${stats.id} reaches ${id}`);
         }
       }
       assert.equal(r.childStats.id, 'c');

@@ -12,7 +12,10 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
 import { EXIT_UNAVAILABLE, benchNodeArgs, type BenchCodec, type BenchTransport, type DriverLine, type MemberConfig } from './member';
+import { fmtBytes, fmtNum, type Machine, type Result } from './format';
 import { renderSvg } from './svg';
+
+export type { Machine, Result };
 
 export const TRANSPORTS: readonly BenchTransport[] = ['shm', 'process', 'nats', 'ipc', 'uds'];
 export const CODECS: readonly BenchCodec[] = ['raw', 'v8', 'json'];
@@ -33,22 +36,6 @@ export interface BenchOptions {
   spinUs?: number;
   /** The 1-minute load average when the run started (set by runBench, shown in the table). */
   loadAtStart?: number;
-}
-
-export interface Result {
-  transport: BenchTransport;
-  codec: BenchCodec;
-  payload: number;
-  rtt_us: { p50: number; p99: number; p999: number; max: number };
-  msgs_per_s: number;
-  mb_per_s: number;
-  cpu_ms: number;
-}
-
-export interface Machine {
-  node: string;
-  cpus: number;
-  platform: string;
 }
 
 export class UsageError extends Error {}
@@ -239,20 +226,6 @@ function runPair(cfg: MemberConfig, onResult: (r: Result) => void): Promise<Pair
 }
 
 const label = (r: { transport: string; codec: string; payload: number }): string => `${r.transport}/${r.codec}/${r.payload}`;
-
-export function fmtBytes(n: number): string {
-  if (n >= 2 ** 20 && n % 2 ** 20 === 0) return `${n / 2 ** 20} MiB`;
-  if (n >= 1024 && n % 1024 === 0) return `${n / 1024} KiB`;
-  return `${n} B`;
-}
-
-export function fmtNum(x: number): string {
-  if (x >= 1e6) return `${(x / 1e6).toFixed(x >= 1e7 ? 1 : 2)}M`;
-  if (x >= 1e4) return `${(x / 1e3).toFixed(x >= 1e5 ? 0 : 1)}k`;
-  if (x >= 100) return x.toFixed(0);
-  if (x >= 10) return x.toFixed(1);
-  return x.toFixed(2);
-}
 
 function fmtRatio(x: number): string {
   if (!Number.isFinite(x)) return '-';

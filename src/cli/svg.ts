@@ -2,8 +2,7 @@
  * Bar charts of a bench run as a standalone SVG, written by hand (no dependency): p50 round trip,
  * messages/s and MB/s, one group of bars per payload size, one bar per transport/codec, log scale.
  */
-import type { BenchOptions, Machine, Result } from './bench';
-import { fmtBytes, fmtNum } from './bench';
+import { fmtBytes, fmtNum, type Machine, type Result } from './format';
 
 const COLORS: Record<string, string[]> = {
   shm: ['#1f6feb', '#5a9cf8', '#9cc3fb'],
@@ -20,7 +19,7 @@ interface Panel {
   value: (r: Result) => number;
 }
 
-export function renderSvg(results: readonly Result[], m: Machine, o: BenchOptions): string {
+export function renderSvg(results: readonly Result[], m: Machine, o: { duration: number }): string {
   const series: string[] = [];
   for (const r of results) {
     const key = `${r.transport}/${r.codec}`;

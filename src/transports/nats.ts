@@ -42,7 +42,7 @@
 import { randomBytes } from 'node:crypto';
 import { debuglog } from 'node:util';
 import { ShmbusError, invalidArg } from '../errors';
-import { isMemberId, show } from '../options';
+import { isMemberId, show } from '../ids';
 import { BROADCAST, FlowControl, UNICAST, isU32, type Ack, type Stream } from './flow';
 import type { MemberId, Transport, TransportContext } from './transport';
 

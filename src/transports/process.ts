@@ -11,7 +11,7 @@ import type { ChildProcess } from 'node:child_process';
 import * as diagnostics from 'node:diagnostics_channel';
 import { debuglog } from 'node:util';
 import { ShmbusError, invalidArg } from '../errors';
-import { clusterRole, isMemberId, show } from '../options';
+import { clusterRole, isMemberId, show } from '../ids';
 import { FlowControl, UNICAST, isU32 } from './flow';
 import type { MemberId, Transport, TransportContext } from './transport';
 

@@ -5,8 +5,9 @@
  * in the bus (src/bus.ts), once for every transport.
  */
 
-/** A member id: an integer 0..2^31-1 (a worker) or a string (a named process). */
-export type MemberId = number | string;
+import type { MemberId } from '../ids';
+
+export type { MemberId };
 
 export type TransportName = 'shm' | 'process' | 'nats';
 

@@ -1,0 +1,35 @@
+/**
+ * What a bench run measured and how numbers are written, shared by the table (bench.ts) and the
+ * charts (svg.ts).
+ */
+import type { BenchCodec, BenchTransport } from './member';
+
+export interface Result {
+  transport: BenchTransport;
+  codec: BenchCodec;
+  payload: number;
+  rtt_us: { p50: number; p99: number; p999: number; max: number };
+  msgs_per_s: number;
+  mb_per_s: number;
+  cpu_ms: number;
+}
+
+export interface Machine {
+  node: string;
+  cpus: number;
+  platform: string;
+}
+
+export function fmtBytes(n: number): string {
+  if (n >= 2 ** 20 && n % 2 ** 20 === 0) return `${n / 2 ** 20} MiB`;
+  if (n >= 1024 && n % 1024 === 0) return `${n / 1024} KiB`;
+  return `${n} B`;
+}
+
+export function fmtNum(x: number): string {
+  if (x >= 1e6) return `${(x / 1e6).toFixed(x >= 1e7 ? 1 : 2)}M`;
+  if (x >= 1e4) return `${(x / 1e3).toFixed(x >= 1e5 ? 0 : 1)}k`;
+  if (x >= 100) return x.toFixed(0);
+  if (x >= 10) return x.toFixed(1);
+  return x.toFixed(2);
+}

@@ -1,0 +1,55 @@
+/**
+ * Member ids, this process's place in a node:cluster application (where default ids come from),
+ * and how values are shown in messages: what the bus, its options and the transports all use.
+ * Nothing here imports any of them.
+ */
+import { invalidArg } from './errors';
+
+/** A member id: an integer 0..2^31-1 (a worker) or a string (a named process). */
+export type MemberId = number | string;
+
+const STRING_ID = /^[A-Za-z_][A-Za-z0-9_.-]{0,63}$/;
+const MAX_INT_ID = 2 ** 31 - 1;
+
+export function isMemberId(id: unknown): id is MemberId {
+  if (typeof id === 'number') return Number.isInteger(id) && id >= 0 && id <= MAX_INT_ID;
+  return typeof id === 'string' && STRING_ID.test(id);
+}
+
+export function checkMemberId(id: unknown, what = 'id'): MemberId {
+  if (!isMemberId(id)) {
+    throw invalidArg(`${what} must be an integer 0..2^31-1 or a string matching ${STRING_ID}, got ${show(id)}`);
+  }
+  return id;
+}
+
+/** Reads an id from text (environment variables, file names): digits are a worker number. */
+export function parseMemberId(text: string): MemberId | undefined {
+  const id: MemberId = /^\d{1,10}$/.test(text) ? Number(text) : text;
+  return isMemberId(id) ? id : undefined;
+}
+
+export function show(value: unknown): string {
+  if (typeof value === 'string') return JSON.stringify(value);
+  if (typeof value === 'bigint') return `${value}n`;
+  if (value === null || typeof value !== 'object') return String(value);
+  return Array.isArray(value) ? 'an array' : 'an object';
+}
+
+/** Orders ids as peers() promises: numbers ascending, then strings. */
+export function compareIds(a: MemberId, b: MemberId): number {
+  if (typeof a === 'number') return typeof b === 'number' ? a - b : -1;
+  if (typeof b === 'number') return 1;
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+/**
+ * This process's place in a node:cluster application: a worker (Node loads node:cluster in every
+ * worker), or a primary (a process, not a worker, whose program loaded node:cluster), or neither.
+ */
+export function clusterRole(): { worker?: import('node:cluster').Worker; primary: boolean; cluster?: import('node:cluster').Cluster } {
+  const loaded = (process as unknown as { moduleLoadList?: string[] }).moduleLoadList;
+  if (!Array.isArray(loaded) || !loaded.includes('NativeModule cluster')) return { primary: false };
+  const cluster = require('node:cluster') as import('node:cluster').Cluster;
+  return cluster.isWorker ? { worker: cluster.worker, primary: false, cluster } : { primary: true, cluster };
+}
