@@ -440,4 +440,41 @@ describe('Channel (no transport involved)', () => {
     ch.push('b');
     assert.deepEqual(await Promise.all(two), ['a', 'b']);
   });
+
+  test('pop() timeouts: none or -1 wait for ever, 0 takes only what is there, anything else rejects and takes nothing', async () => {
+    const { Channel, ShmbusError } = await import('shmbus');
+    const ch = new Channel();
+    for (const bad of ['x', NaN, -5, -1.5, 2 ** 31, Infinity, null, '100']) {
+      await assert.rejects(ch.pop(bad), (err) => err instanceof ShmbusError && err.code === 'ERR_SHMBUS_INVALID_ARG' && /-1/.test(err.message), `pop(${String(bad)})`);
+    }
+    // The refused pops wait for nothing: the next value stays for the next pop.
+    ch.push('kept');
+    assert.equal(ch.length, 1);
+    assert.equal(await ch.pop(0), 'kept');
+    assert.equal(await ch.pop(0), undefined, 'pop(0) on an empty channel');
+    ch.push('after pop(0)');
+    assert.equal(ch.length, 1, 'pop(0) left no waiter behind');
+    assert.equal(await ch.pop(), 'after pop(0)');
+
+    let settled = false;
+    const forever = ch.pop(-1).then((v) => ((settled = true), v));
+    const omitted = ch.pop();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.equal(settled, false, 'pop(-1) still waits');
+    ch.push('one');
+    ch.push('two');
+    assert.deepEqual(await Promise.all([forever, omitted]), ['one', 'two']);
+
+    // The largest timeout is accepted (and a value ends its wait).
+    const longest = ch.pop(2 ** 31 - 1);
+    ch.push('longest');
+    assert.equal(await longest, 'longest');
+    // A pop that timed out never takes a later value; the one behind it does.
+    const early = ch.pop(10);
+    const late = ch.pop(5000);
+    assert.equal(await early, undefined);
+    ch.push('for the later pop');
+    assert.equal(await late, 'for the later pop');
+    assert.equal(ch.length, 0);
+  });
 });
