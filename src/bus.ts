@@ -543,12 +543,13 @@ export class Bus {
     const decoded = this.decode(from, parsed, c);
     if (!decoded.ok) return this.emitError(decoded.err);
     const info: MessageInfo = { action: parsed.action, from };
+    const failed = (thrown: unknown) => this.emitError(listenerError(`the listener for ${show(parsed.action)} failed on a message from member ${show(from)}`, thrown));
     for (const listener of list) {
       try {
         const result = listener(decoded.data, info);
-        if (result instanceof Promise) result.catch((err) => this.emitError(asError(err)));
+        if (result instanceof Promise) result.catch(failed);
       } catch (err) {
-        this.emitError(asError(err));
+        failed(err);
       }
     }
   }
@@ -618,11 +619,13 @@ export class Bus {
   }
 
   private emitLocal(event: 'peer:join' | 'peer:leave', id: MemberId): void {
+    const failed = (thrown: unknown) => this.emitError(listenerError(`a ${show(event)} listener failed for member ${show(id)}`, thrown));
     for (const listener of this.listeners.get(event) ?? []) {
       try {
-        (listener as unknown as PeerListener)(id);
+        const result = (listener as unknown as PeerListener)(id) as unknown;
+        if (result instanceof Promise) result.catch(failed);
       } catch (err) {
-        this.emitError(asError(err));
+        failed(err);
       }
     }
   }
@@ -631,6 +634,9 @@ export class Bus {
     debug('error: %s', err.message);
     const list = this.listeners.get('error');
     if (!list) {
+      // Node prints a warning's `detail` below it: there, the stack of what a listener threw.
+      const cause = (err as { cause?: unknown }).cause;
+      if (cause instanceof Error && typeof cause.stack === 'string') Object.defineProperty(err, 'detail', { value: cause.stack, configurable: true });
       process.emitWarning(err);
       return;
     }
@@ -642,6 +648,12 @@ export class Bus {
       }
     }
   }
+}
+
+/** ERR_SHMBUS_LISTENER for a listener that threw or rejected `thrown` (its cause). */
+function listenerError(what: string, thrown: unknown): ShmbusError {
+  const reason = thrown instanceof Error ? `${thrown.name}: ${thrown.message}` : show(thrown);
+  return new ShmbusError('ERR_SHMBUS_LISTENER', `${what}: ${reason}. Catch errors inside listeners; bus.on('error') hears these`, { cause: thrown });
 }
 
 function asError(value: unknown): Error {

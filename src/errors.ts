@@ -13,7 +13,8 @@ export type ShmbusErrorCode =
   | 'ERR_SHMBUS_CLOSED'
   | 'ERR_SHMBUS_ABORTED'
   | 'ERR_SHMBUS_TRANSPORT'
-  | 'ERR_SHMBUS_PROTOCOL';
+  | 'ERR_SHMBUS_PROTOCOL'
+  | 'ERR_SHMBUS_LISTENER';
 
 export class ShmbusError extends Error {
   readonly code: ShmbusErrorCode;

@@ -340,10 +340,26 @@ for (const transport of transports) {
     });
 
     test("'error' listeners, else process warnings; bus.stats() shape and counters; a Channel fed by a listener", async () => {
-      const r = await resultOf('events.mjs', { transport });
-      const thrown = ['listener failed: boom', 'listener failed: async'];
-      assert.deepEqual(r.withoutListener, { warnings: thrown, errors: [] }, "no 'error' listener: process.emitWarning");
-      assert.deepEqual(r.withListener, { warnings: thrown, errors: thrown }, "an 'error' listener gets them, no new warning");
+      const ran = await run('events.mjs', { transport });
+      assert.equal(ran.code, 0, ran.describe());
+      const r = ran.result;
+      // A listener that throws or rejects: ERR_SHMBUS_LISTENER naming the action and the sender, the thrown value its cause.
+      const thrown = [
+        ['boom', 'Error: listener failed: boom', 'listener failed: boom'],
+        ['boomAsync', 'Error: listener failed: async', 'listener failed: async'],
+        ['boomValue', '"a bare string"', 'a bare string'],
+      ].map(([action, reason, cause]) => ({
+        code: 'ERR_SHMBUS_LISTENER',
+        message: `the listener for "${action}" failed on a message from member ${JSON.stringify(r.stats.id)}: ${reason}. Catch errors inside listeners; bus.on('error') hears these`,
+        cause,
+      }));
+      // (an async listener's rejection may come after a later message's throw)
+      const sorted = (list) => [...list].sort((a, b) => (a.message < b.message ? -1 : 1));
+      const seen = (got) => ({ warnings: sorted(got.warnings), errors: sorted(got.errors) });
+      assert.deepEqual(seen(r.withoutListener), { warnings: sorted(thrown), errors: [] }, "no 'error' listener: process.emitWarning");
+      assert.deepEqual(seen(r.withListener), { warnings: sorted(thrown), errors: sorted(thrown) }, "an 'error' listener gets them, no new warning");
+      // The printed warning shows where the listener threw.
+      assert.match(ran.stderr, /\[ERR_SHMBUS_LISTENER\] ShmbusError: the listener for "boom" .*\nError: listener failed: boom\n\s+at .*events\.mjs/, ran.stderr);
       // A v8 member sends to a json member: not delivered, heard as an error, counted.
       assert.deepEqual(r.mixed, { errors: ['ERR_SHMBUS_SERIALIZE'], counted: 1 });
 
