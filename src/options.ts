@@ -7,7 +7,7 @@ import type { TransportName } from './transports/transport';
 export interface OpenOptions {
   /** Bus name; members with the same name form one bus. Default 'default'. */
   name?: string;
-  /** This member's id. Default: SHMBUS_ID, PM2's NODE_APP_INSTANCE, cluster.worker.id, 'primary' in a cluster primary, else `<host>-<pid>`. */
+  /** This member's id. Default: SHMBUS_ID, PM2's NODE_APP_INSTANCE, cluster.worker.id, 'primary' in a cluster primary, else `<host>-<pid>` (`<host>-<pid>-t<threadId>` in a worker thread). */
   id?: MemberId;
   /** 'auto' (default) picks 'shm' where the native addon loads, else 'process'. Env SHMBUS_TRANSPORT overrides. */
   transport?: 'auto' | TransportName;
@@ -66,15 +66,23 @@ function defaultId(): MemberId {
     if (id === undefined) throw invalidArg(`SHMBUS_ID must be a member id (an integer or a name), got ${show(env.SHMBUS_ID)}`);
     return id;
   }
-  if (env.NODE_APP_INSTANCE !== undefined && /^\d{1,10}$/.test(env.NODE_APP_INSTANCE)) {
+  // PM2's instance number and the cluster role name the process: its main thread has that id.
+  const thread = workerThreadId();
+  if (thread === undefined && env.NODE_APP_INSTANCE !== undefined && /^\d{1,10}$/.test(env.NODE_APP_INSTANCE)) {
     const id = Number(env.NODE_APP_INSTANCE);
     if (isMemberId(id)) return id;
   }
-  const role = clusterRole();
+  const role = thread === undefined ? clusterRole() : { primary: false };
   if (role.worker) return role.worker.id;
   if (role.primary) return 'primary';
   const host = os.hostname().replace(/[^A-Za-z0-9_.-]/g, '_').slice(0, 40);
-  return `${/^[A-Za-z_]/.test(host) ? host : `h${host}`}-${process.pid}`;
+  return `${/^[A-Za-z_]/.test(host) ? host : `h${host}`}-${process.pid}${thread === undefined ? '' : `-t${thread}`}`;
+}
+
+/** This worker thread's threadId, or undefined on the main thread. */
+function workerThreadId(): number | undefined {
+  const threads = require('node:worker_threads') as typeof import('node:worker_threads');
+  return threads.isMainThread ? undefined : threads.threadId;
 }
 
 export function resolveOptions(options: unknown): ResolvedOptions {
