@@ -1,5 +1,5 @@
 import { debuglog } from 'node:util';
-import { ShmbusError, invalidArg } from './errors';
+import { ShmbusError, invalidArg, sizeText } from './errors';
 import { codecs, type Codec } from './codec';
 import { FrameKind, MAX_ACTION_CHARS, makeHead, parseFrame, type ParsedFrame } from './frame';
 import { checkMemberId, compareIds, isMemberId, show } from './ids';
@@ -77,7 +77,7 @@ interface Waiter {
 /** Checks an action name given by the user: non-empty, at most 256 characters, not reserved. */
 function checkAction(action: unknown): string {
   if (typeof action !== 'string' || action.length === 0 || action.length > MAX_ACTION_CHARS) {
-    throw invalidArg(`an action must be a non-empty string of at most ${MAX_ACTION_CHARS} characters, got ${show(action)}`);
+    throw invalidArg(`an action must be a non-empty string of at most ${MAX_ACTION_CHARS} characters, got ${show(action)}; use a shorter name`);
   }
   if (RESERVED.has(action)) {
     throw invalidArg(`${show(action)} is a reserved event name: it can't be sent, handled or requested`);
@@ -222,19 +222,29 @@ export class Bus {
       if (!isMemberId(id)) checkMemberId(id, 'a target id');
       if (seen.has(id)) continue;
       seen.add(id);
-      if (id !== this.id && !this.members.has(id)) {
-        throw new ShmbusError('ERR_SHMBUS_UNKNOWN_PEER', `${show(id)} is not a member of bus ${show(this.options.name)}`);
-      }
+      if (id !== this.id && !this.members.has(id)) throw this.unknownPeer(id);
       targets.push(id);
     }
     return targets;
+  }
+
+  /** ERR_SHMBUS_UNKNOWN_PEER for `id`, naming (a few of) the members there are. */
+  private unknownPeer(id: MemberId): ShmbusError {
+    const shown = 5;
+    const peers = this.peers();
+    const members = [this.id, ...peers.slice(0, shown)].map((m) => (m === this.id ? `${show(m)} (this one)` : show(m))).join(', ');
+    const more = peers.length > shown ? ` and ${peers.length - shown} more` : '';
+    return new ShmbusError(
+      'ERR_SHMBUS_UNKNOWN_PEER',
+      `member ${show(id)} is not on bus ${show(this.options.name)} now (its members: ${members}${more}); if it is starting, await bus.waitFor(${show(id)}) first`,
+    );
   }
 
   /** Checks size and every target's queue, then hands the frame to all of them. */
   private deliver(targets: readonly MemberId[], head: Uint8Array, body: Uint8Array, checkQueues = true): void {
     const size = head.length + body.length;
     if (size > this.options.maxMessageSize) {
-      throw new ShmbusError('ERR_SHMBUS_TOO_LARGE', `a message of ${size} bytes is over maxMessageSize (${this.options.maxMessageSize})`);
+      throw new ShmbusError('ERR_SHMBUS_TOO_LARGE', `a message of ${sizeText(size)} is over maxMessageSize (${sizeText(this.options.maxMessageSize)}); send less at a time, or raise maxMessageSize on every member of the bus`);
     }
     let toSelf = false;
     for (const id of targets) {
@@ -242,7 +252,7 @@ export class Bus {
       if (!checkQueues || this.belowQueueLimit(id, size)) continue;
       const queued = this.queuedBytes(id);
       if (queued > 0 && queued + size > this.options.maxQueueBytes) {
-        throw new ShmbusError('ERR_SHMBUS_BACKPRESSURE', `member ${show(id)} has ${queued} bytes queued (maxQueueBytes ${this.options.maxQueueBytes}); await bus.drain() and retry`);
+        throw new ShmbusError('ERR_SHMBUS_BACKPRESSURE', `member ${show(id)} has ${sizeText(queued)} queued, and this message would take it over maxQueueBytes (${sizeText(this.options.maxQueueBytes)}); await bus.drain() and retry`);
       }
       if (id !== this.id) this.sawQueued(id, queued);
     }
@@ -350,9 +360,7 @@ export class Bus {
       if (signal !== undefined && !(signal instanceof AbortSignal)) throw invalidArg('signal must be an AbortSignal');
       if (this.closed) throw new ShmbusError('ERR_SHMBUS_CLOSED', 'request() on a closed bus');
       if (signal?.aborted) throw new ShmbusError('ERR_SHMBUS_ABORTED', 'the request was aborted before it was sent', { cause: signal.reason });
-      if (to !== this.id && !this.members.has(to)) {
-        throw new ShmbusError('ERR_SHMBUS_UNKNOWN_PEER', `${show(to)} is not a member of bus ${show(this.options.name)}`);
-      }
+      if (to !== this.id && !this.members.has(to)) throw this.unknownPeer(to);
       const { body, flags } = this.codec.encode(data);
       const requestId = this.nextRequestId;
       this.nextRequestId = this.nextRequestId >= 0xffffffff ? 1 : this.nextRequestId + 1;

@@ -1,5 +1,5 @@
 import { invalidArg } from './errors';
-import { show } from './options';
+import { show } from './ids';
 
 /** The longest timeout a Node timer takes, in ms. */
 const MAX_TIMEOUT_MS = 2 ** 31 - 1;

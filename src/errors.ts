@@ -32,3 +32,23 @@ export class ShmbusError extends Error {
 export function invalidArg(message: string): ShmbusError {
   return new ShmbusError('ERR_SHMBUS_INVALID_ARG', message);
 }
+
+/** A byte count as a reader takes it in: "512 bytes", "12.5 KiB", "64 MiB". */
+export function sizeText(bytes: number): string {
+  if (bytes < 1024) return `${bytes} bytes`;
+  const [value, unit] = bytes < 2 ** 20 ? [bytes / 1024, 'KiB'] : [bytes / 2 ** 20, 'MiB'];
+  return `${Number(value.toFixed(value < 10 ? 2 : 1))} ${unit}`;
+}
+
+/**
+ * ERR_SHMBUS_DUPLICATE_ID for `id` on bus `bus`, held by `holder` (e.g. "process 1234 (node
+ * web.js)"), with the fix; under PM2 the usual cause is two apps numbered from 0 on one bus.
+ */
+export function duplicateId(id: number | string, bus: string, holder = 'a live member'): ShmbusError {
+  const fromPm2 = typeof id === 'number' && process.env.NODE_APP_INSTANCE === String(id);
+  const fix = fromPm2
+    ? `Under PM2, NODE_APP_INSTANCE counts from 0 in each app, so two apps on one bus claim the same ids: give each app ids of its own (id: 'jobs.' + process.env.NODE_APP_INSTANCE) or a bus of its own (name)`
+    : `Every member needs an id of its own: pass open({ id }) or set SHMBUS_ID, or close the other member first`;
+  const idText = typeof id === 'number' ? String(id) : JSON.stringify(id);
+  return new ShmbusError('ERR_SHMBUS_DUPLICATE_ID', `member id ${idText} of bus ${JSON.stringify(bus)} is held by ${holder}. ${fix}`);
+}

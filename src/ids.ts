@@ -29,8 +29,15 @@ export function parseMemberId(text: string): MemberId | undefined {
   return isMemberId(id) ? id : undefined;
 }
 
+/** How long a string an error message repeats before it cuts it short. */
+const SHOWN_CHARS = 40;
+
+/** A value as an error message quotes it: strings in double quotes, long ones cut short. */
 export function show(value: unknown): string {
-  if (typeof value === 'string') return JSON.stringify(value);
+  if (typeof value === 'string') {
+    if (value.length <= SHOWN_CHARS) return JSON.stringify(value);
+    return `${JSON.stringify(value.slice(0, SHOWN_CHARS))}… (${value.length} characters)`;
+  }
   if (typeof value === 'bigint') return `${value}n`;
   if (value === null || typeof value !== 'object') return String(value);
   return Array.isArray(value) ? 'an array' : 'an object';

@@ -58,7 +58,7 @@ let cached: { addon: NativeAddon } | { reason: string } | undefined;
 export function loadNative(): { addon: NativeAddon } | { reason: string } {
   if (cached !== undefined) return cached;
   if (process.platform !== 'linux') {
-    cached = { reason: `the shared-memory transport runs on Linux only, not on ${process.platform}; use transport 'process' or 'nats'` };
+    cached = { reason: `the shared-memory transport runs on Linux only, not on ${process.platform}` };
     return cached;
   }
   const root = path.resolve(__dirname, '..');
@@ -67,7 +67,7 @@ export function loadNative(): { addon: NativeAddon } | { reason: string } {
   } catch (err) {
     const message = (err as Error).message.split('\n')[0];
     cached = {
-      reason: `the native addon did not load (${message}); build it with \`npm rebuild shmbus\` (needs make, g++ and python3), or choose transport 'process' (or SHMBUS_TRANSPORT=process) to use Node's IPC channel without this warning`,
+      reason: `the native addon did not load (${message}); build it with \`npm rebuild shmbus\` (needs make, g++ and python3)`,
     };
   }
   return cached;

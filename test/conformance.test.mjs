@@ -215,6 +215,18 @@ for (const transport of transports) {
       assert.equal(r.duplicateOfChild, 'ERR_SHMBUS_DUPLICATE_ID');
       assert.equal(r.duplicateOfParent, 'ERR_SHMBUS_DUPLICATE_ID');
       assert.deepEqual(r.peersAfter, ['a'], 'the refused members never joined');
+
+      // Each message names the cause and the fix, and quotes what it repeats, cut short.
+      const m = r.messages;
+      const holder = { shm: `process ${m.childPid} (node errors.mjs)`, process: `process ${m.childPid}`, nats: 'a live member on the NATS server' }[transport];
+      assert.equal(m.duplicateOfChild, `member id "a" of bus "${r.bus}" is held by ${holder}. Every member needs an id of its own: pass open({ id }) or set SHMBUS_ID, or close the other member first`);
+      assert.match(m.duplicateOfParent, new RegExp(`^member id "${me}" of bus "${r.bus}" is held by .+\\. Every member needs an id of its own`));
+      assert.match(m.duplicateUnderPm2, /^member id 5 of bus .* Under PM2, NODE_APP_INSTANCE counts from 0 in each app, .*id: 'jobs\.' \+ process\.env\.NODE_APP_INSTANCE.* or a bus of its own/);
+      const unknown = `member "ghost" is not on bus "${r.bus}" now (its members: "${me}" (this one), "a"); if it is starting, await bus.waitFor("ghost") first`;
+      assert.equal(m.unknown, unknown);
+      assert.equal(m.unknownRequest, unknown);
+      assert.equal(m.tooLarge, 'a message of 4.9 KiB is over maxMessageSize (4 KiB); send less at a time, or raise maxMessageSize on every member of the bus');
+      assert.equal(m.longAction, `an action must be a non-empty string of at most 256 characters, got "${'y'.repeat(40)}"… (1000 characters); use a shorter name`);
     });
 
     for (const mode of ['cluster', 'fork']) {

@@ -41,7 +41,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { debuglog } from 'node:util';
-import { ShmbusError, invalidArg } from '../errors';
+import { ShmbusError, duplicateId, invalidArg } from '../errors';
 import { isMemberId, show } from '../ids';
 import { BROADCAST, FlowControl, UNICAST, isU32, type Ack, type Stream } from './flow';
 import type { MemberId, Transport, TransportContext } from './transport';
@@ -260,7 +260,7 @@ class NatsTransport implements Transport {
 
     // 1. Claim the id: whoever holds it answers; nobody holding it, the server says so at once.
     const claim = await this.claim();
-    if (claim) throw new ShmbusError('ERR_SHMBUS_DUPLICATE_ID', claim);
+    if (claim) throw duplicateId(this.ctx.id, this.ctx.busName, claim);
 
     // 2. Listen as this member, then ask everyone present to answer within the join window.
     const onData = this.guard((msg) => this.onData(msg));
@@ -270,7 +270,7 @@ class NatsTransport implements Transport {
     await this.flush(nc);
     this.publishControl(this.subjects.presence, { t: 'query', r: `${this.subjects.inbox}.h` });
     await new Promise((resolve) => setTimeout(resolve, this.tune.joinWindow));
-    if (this.lostClaim !== undefined) throw new ShmbusError('ERR_SHMBUS_DUPLICATE_ID', this.lostClaim);
+    if (this.lostClaim !== undefined) throw duplicateId(this.ctx.id, this.ctx.busName, this.lostClaim);
     if (this.state !== 'joining') throw new ShmbusError('ERR_SHMBUS_CLOSED', 'the bus was closed while it was opening');
 
     // 3. A member now: say so, and keep saying so.
@@ -327,7 +327,7 @@ class NatsTransport implements Transport {
     }
   }
 
-  /** Resolves undefined when the id is free (or this member won a tie), else why not. */
+  /** Resolves undefined when the id is free (or this member won a tie), else who holds it. */
   private async claim(): Promise<string | undefined> {
     const answer = await new Promise<{ t: string; i?: string; e?: number } | 'none' | 'timeout'>((resolve) => {
       const timer = setTimeout(() => resolve('timeout'), this.tune.claimTimeout);
@@ -339,11 +339,10 @@ class NatsTransport implements Transport {
       this.publishControl(this.subjects.member(this.myToken), { t: 'claim', r: `${this.subjects.inbox}.c` }, `${this.subjects.inbox}.c`);
     });
     if (this.lostClaim !== undefined) return this.lostClaim;
-    const who = `member ${show(this.ctx.id)} of bus ${show(this.ctx.busName)}`;
     if (answer === 'none') return undefined;
-    if (answer === 'timeout') return `${who} is connected (its subject has a subscriber) but did not answer within ${this.tune.claimTimeout} ms`;
-    if (answer.t === 'taken') return `${who} is alive`;
-    if (answer.t === 'joining' && typeof answer.i === 'string' && answer.i < this.inst) return `${who} is being opened by another process`;
+    if (answer === 'timeout') return `a process connected to the NATS server (subscribed under this id, silent for ${this.tune.claimTimeout} ms)`;
+    if (answer.t === 'taken') return 'a live member on the NATS server';
+    if (answer.t === 'joining' && typeof answer.i === 'string' && answer.i < this.inst) return 'another process that is opening it now';
     return undefined;
   }
 
@@ -648,7 +647,7 @@ class NatsTransport implements Transport {
 
   private duplicateSeen(): void {
     if (this.state === 'joining') {
-      this.lostClaim ??= `member ${show(this.ctx.id)} of bus ${show(this.ctx.busName)} is alive`;
+      this.lostClaim ??= 'a live member on the NATS server';
       return;
     }
     if (this.duplicateReported) return;
@@ -703,7 +702,7 @@ class NatsTransport implements Transport {
   private contest(c: Control): void {
     if (this.state === 'member') return; // it will hear 'taken' or 'here' from this member
     if (this.state === 'joining' && typeof c.i === 'string' && c.i < this.inst) {
-      this.lostClaim ??= `member ${show(this.ctx.id)} of bus ${show(this.ctx.busName)} is being opened by another process`;
+      this.lostClaim ??= 'another process that is opening it now';
     }
   }
 

@@ -10,7 +10,7 @@
 import type { ChildProcess } from 'node:child_process';
 import * as diagnostics from 'node:diagnostics_channel';
 import { debuglog } from 'node:util';
-import { ShmbusError, invalidArg } from '../errors';
+import { ShmbusError, duplicateId, invalidArg } from '../errors';
 import { clusterRole, isMemberId, show } from '../ids';
 import { FlowControl, UNICAST, isU32 } from './flow';
 import type { MemberId, Transport, TransportContext } from './transport';
@@ -41,6 +41,7 @@ interface Envelope {
   json?: boolean;
   code?: string;
   message?: string;
+  holder?: string;
 }
 
 function envelope(t: Envelope['t'], bus: string, fields: Partial<Envelope> = {}): Envelope {
@@ -131,7 +132,7 @@ class HubTransport implements Transport {
 
   async open(): Promise<void> {
     if (hubs.has(this.bus)) {
-      throw new ShmbusError('ERR_SHMBUS_DUPLICATE_ID', `this process already has bus ${show(this.bus)} open`);
+      throw new ShmbusError('ERR_SHMBUS_DUPLICATE_ID', `this process already has bus ${show(this.bus)} open on the process transport; use that Bus, or close() it before opening again`);
     }
     hubs.set(this.bus, this);
     this.open_ = true;
@@ -255,7 +256,9 @@ class HubTransport implements Transport {
     const known = this.idOf.get(child);
     if (known !== undefined && known !== id) this.remove(known);
     if (id === this.id || (this.members.has(id) && this.members.get(id)!.child !== child)) {
-      return post(child, envelope('refuse', this.bus, { code: 'ERR_SHMBUS_DUPLICATE_ID', message: `member ${show(id)} of bus ${show(this.bus)} is alive` }));
+      // The member words the message: the fix depends on its environment (PM2's), not the hub's.
+      const holder = `process ${id === this.id ? `${process.pid}, the hub` : this.members.get(id)!.child.pid}`;
+      return post(child, envelope('refuse', this.bus, { code: 'ERR_SHMBUS_DUPLICATE_ID', holder }));
     }
     const others = [this.id, ...[...this.members.keys()].filter((m) => m !== id)];
     this.members.set(id, { child, json: e.json !== false });
@@ -415,8 +418,11 @@ class MemberTransport implements Transport {
         return;
       }
       case 'refuse': {
-        const code = e.code === 'ERR_SHMBUS_DUPLICATE_ID' ? 'ERR_SHMBUS_DUPLICATE_ID' : 'ERR_SHMBUS_INVALID_ARG';
-        this.onWelcome?.(new ShmbusError(code, String(e.message ?? 'the hub refused this member')));
+        const err =
+          e.code === 'ERR_SHMBUS_DUPLICATE_ID'
+            ? duplicateId(this.ctx.id, this.bus, typeof e.holder === 'string' ? e.holder : undefined)
+            : new ShmbusError('ERR_SHMBUS_INVALID_ARG', String(e.message ?? 'the hub refused this member'));
+        this.onWelcome?.(err);
         this.onWelcome = undefined;
         return;
       }

@@ -13,7 +13,10 @@ export async function createTransport(options: ResolvedOptions, host: TransportH
     name = reason === undefined ? 'shm' : 'process';
     if (reason !== undefined && !autoWarned) {
       autoWarned = true;
-      process.emitWarning(`shmbus: using the 'process' transport because the shared-memory transport can't run here: ${reason}`, { code: 'SHMBUS_FALLBACK' });
+      process.emitWarning(
+        `shmbus: the shared-memory transport can't run here: ${reason}. Using the 'process' transport instead; to choose it without this warning, pass transport: 'process' or set SHMBUS_TRANSPORT=process`,
+        { code: 'SHMBUS_FALLBACK' },
+      );
     }
   } else {
     name = options.transport;
@@ -29,7 +32,7 @@ export async function createTransport(options: ResolvedOptions, host: TransportH
   switch (name) {
     case 'shm': {
       const reason = shmUnavailableReason();
-      if (reason !== undefined) throw new ShmbusError('ERR_SHMBUS_TRANSPORT', `the shm transport can't run here: ${reason}`);
+      if (reason !== undefined) throw new ShmbusError('ERR_SHMBUS_TRANSPORT', `the shm transport can't run here: ${reason}; or choose transport 'process' (Node's IPC channel) or 'nats'`);
       return require('./shm').createShmTransport(ctx);
     }
     case 'process':

@@ -10,8 +10,9 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { ShmbusError, invalidArg } from '../errors';
+import { ShmbusError, duplicateId, invalidArg } from '../errors';
 import { loadNative, NativeEvent, type NativeBus } from '../native';
+import { shmHolder } from './shm-holder';
 import type { MemberId, Transport, TransportContext } from './transport';
 
 /**
@@ -145,7 +146,7 @@ export class ShmTransport implements Transport {
     const [result, message, pending] = native.start();
     if (result === 1) {
       native.close();
-      throw new ShmbusError('ERR_SHMBUS_DUPLICATE_ID', `member id ${String(this.ctx.id)} is held by a live member of bus '${this.ctx.busName}'`);
+      throw duplicateId(this.ctx.id, this.ctx.busName, shmHolder(this.dir, String(this.ctx.id)));
     }
     if (result !== 0) {
       native.close();
