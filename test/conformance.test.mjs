@@ -215,6 +215,7 @@ for (const transport of transports) {
       assert.equal(r.duplicateOfChild, 'ERR_SHMBUS_DUPLICATE_ID');
       assert.equal(r.duplicateOfParent, 'ERR_SHMBUS_DUPLICATE_ID');
       assert.deepEqual(r.peersAfter, ['a'], 'the refused members never joined');
+      assert.deepEqual(r.refusedExitAlone, [true, true], 'a process whose open() was refused ends by itself');
 
       // Each message names the cause and the fix, and quotes what it repeats, cut short.
       const m = r.messages;

@@ -1,5 +1,6 @@
 // PM2 for real: two instances of one application in PM2's cluster mode find each other on the
-// default transport and talk. PM2 runs with a home of its own, so no other PM2 is touched.
+// default transport and talk; two applications share a bus with an id per app. PM2 runs with a
+// home of its own, so no other PM2 is touched.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -54,6 +55,68 @@ test('PM2 cluster mode: instances 0 and 1 open the bus with their default ids an
     assert.equal(outcome.answer.transport, 'shm');
     assert.notEqual(outcome.answer.pid, outcome.pid);
     assert.deepEqual(outcome.pong, { text: 'hi back', from: 1 });
+  } finally {
+    try {
+      pm2Run('kill');
+    } catch {
+      // the daemon may not have started
+    }
+    fs.rmSync(work, { recursive: true, force: true });
+  }
+});
+
+test('PM2, two apps on one bus: default ids collide (a clear DUPLICATE_ID, nothing left open), ids per app talk', { timeout: 90_000 }, async () => {
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'shmbus-pm2-'));
+  const apps = path.join(root, 'test', 'fixtures', 'pm2-apps.cjs');
+  const env = { ...process.env, PM2_HOME: path.join(work, 'pm2'), SHMBUS_DIR: path.join(work, 'bus') };
+  delete env.NODE_TEST_CONTEXT;
+  delete env.SHMBUS_TRANSPORT;
+  delete env.SHMBUS_ID;
+  const pm2Run = (...args) => execFileSync(pm2, args, { env, cwd: work, stdio: 'pipe', timeout: 30_000 }).toString();
+  // One ecosystem file, two apps of one instance each in cluster mode (both are NODE_APP_INSTANCE 0).
+  const start = (ids) => {
+    const out = path.join(work, ids);
+    fs.mkdirSync(out);
+    const app = (name) => ({
+      name: `${name}-${ids}`,
+      script: apps,
+      exec_mode: 'cluster',
+      instances: 1,
+      autorestart: false,
+      env: { PM2_APP: name, PM2_IDS: ids, PM2_TEST_OUT: out, PM2_TEST_BUS: `pm2${ids}${process.pid}` },
+    });
+    const file = path.join(work, `${ids}.config.js`);
+    fs.writeFileSync(file, `module.exports = ${JSON.stringify({ apps: [app('web'), app('jobs')] })};`);
+    pm2Run('start', file);
+    const read = (name) => (fs.existsSync(path.join(out, `${name}.json`)) ? JSON.parse(fs.readFileSync(path.join(out, `${name}.json`), 'utf8')) : undefined);
+    return until(() => {
+      const [web, jobs] = [read('web'), read('jobs')];
+      return web && jobs ? { web, jobs } : undefined;
+    }, 40_000);
+  };
+  try {
+    const clash = await start('default');
+    assert.ok(clash, 'both apps wrote what happened');
+    const refused = [clash.web, clash.jobs].filter((o) => o.refused);
+    assert.equal(refused.length, 1, JSON.stringify(clash));
+    const [loser] = refused;
+    const winner = loser === clash.web ? clash.jobs : clash.web;
+    assert.equal(winner.id, 0);
+    assert.equal(loser.refused.code, 'ERR_SHMBUS_DUPLICATE_ID');
+    assert.match(loser.refused.message, new RegExp(`^member id 0 of bus "pm2default\\d+" is held by process ${winner.pid}\\b`));
+    assert.match(loser.refused.message, /Under PM2, NODE_APP_INSTANCE counts from 0 in each app.*id: 'jobs\.' \+ process\.env\.NODE_APP_INSTANCE.*or a bus of its own/);
+    // (PM2's own file requests come and go)
+    const left = [...loser.after];
+    for (const r of loser.before) if (left.includes(r)) left.splice(left.indexOf(r), 1);
+    assert.deepEqual(left.filter((r) => r !== 'FSReqCallback'), [], `the refused open() left no handle behind: ${JSON.stringify(loser)}`);
+
+    const perApp = await start('per-app');
+    assert.ok(perApp, 'both apps wrote what happened');
+    assert.equal(perApp.web.error, undefined);
+    assert.equal(perApp.web.id, 'web.0');
+    assert.equal(perApp.jobs.id, 'jobs.0');
+    assert.deepEqual(perApp.web.peers, ['jobs.0']);
+    assert.deepEqual(perApp.web.answer, { id: 'jobs.0', pid: perApp.jobs.pid });
   } finally {
     try {
       pm2Run('kill');
