@@ -78,9 +78,15 @@ const waitingHellos = new Map<string, Map<ChildProcess, Envelope>>();
 const hubs = new Map<string, HubTransport>();
 const watched = new WeakSet<ChildProcess>();
 
+/** Whether this process has made a child with an IPC channel, one that could join a bus it hosts. */
+let forkedAny = false;
+
 function watchChild(child: ChildProcess): void {
   if (watched.has(child)) return;
   watched.add(child);
+  // The channel is set up by the time the child is spawned.
+  if (typeof child.send === 'function') forkedAny = true;
+  else child.once('spawn', () => (forkedAny ||= typeof child.send === 'function'));
   child.on('message', (message: unknown) => {
     if (!isEnvelope(message)) return;
     const hub = hubs.get(message.b);
@@ -123,6 +129,7 @@ class HubTransport implements Transport {
   private open_ = false;
   /** An open bus holds the loop like a listening server; the hub has no handle of its own that would. */
   private keepAlive?: NodeJS.Timeout;
+  private aloneTimer?: NodeJS.Timeout;
 
   constructor(private readonly ctx: TransportContext) {
     this.bus = ctx.busName;
@@ -144,12 +151,27 @@ class HubTransport implements Transport {
     const waiting = waitingHellos.get(this.bus);
     waitingHellos.delete(this.bus);
     for (const [child, hello] of waiting ?? []) this.fromChild(child, hello);
+    // A program started on its own, not a cluster primary, that forks nobody is a bus of one.
+    if (!primary) {
+      const wait = handshakeTimeout(this.ctx);
+      this.aloneTimer = setTimeout(() => {
+        if (this.open_ && this.members.size === 0 && !forkedAny) {
+          process.emitWarning(
+            `shmbus: bus ${show(this.bus)} on the 'process' transport has no member but this process after ${wait} ms, and this process has forked none. ${WHO_SHARES} ` +
+              `Started separately (or in worker threads), processes each get a bus of their own: use transport 'shm' (one host) or 'nats' for those.`,
+            { code: 'SHMBUS_NO_HUB' },
+          );
+        }
+      }, wait);
+      this.aloneTimer.unref();
+    }
   }
 
   async close(): Promise<void> {
     if (!this.open_) return;
     this.open_ = false;
     clearInterval(this.keepAlive);
+    clearTimeout(this.aloneTimer);
     hubs.delete(this.bus);
     this.flow.close();
     for (const { child } of this.members.values()) post(child, envelope('leave', this.bus, { id: this.id }));
@@ -303,6 +325,16 @@ function post(target: ChildProcess | NodeJS.Process, e: Envelope): void {
 // ---------------------------------------------------------------------------------------------
 // The member side: a process whose parent is the hub.
 
+/** Which processes can share a process bus, for the warnings of a member left alone. */
+const WHO_SHARES =
+  'A process bus is one hub (the process with no IPC parent that opens it: a cluster primary or a child_process.fork parent) and the children it forks that open it.';
+
+function handshakeTimeout(ctx: TransportContext): number {
+  const t = ctx.options.handshakeTimeout ?? 1000;
+  if (typeof t !== 'number' || !(t > 0)) throw invalidArg(`process.handshakeTimeout must be a number of ms above 0, got ${show(t)}`);
+  return t;
+}
+
 class MemberTransport implements Transport {
   readonly name = 'process' as const;
   private readonly bus: string;
@@ -318,16 +350,14 @@ class MemberTransport implements Transport {
   constructor(private readonly ctx: TransportContext) {
     this.bus = ctx.busName;
     this.flow = new FlowControl(ctx.maxQueueBytes, (to, ack) => post(process, envelope('a', this.bus, { to, u: ack.u })), () => ctx.host.writable());
-    const t = ctx.options.handshakeTimeout ?? 1000;
-    if (typeof t !== 'number' || !(t > 0)) throw invalidArg(`process.handshakeTimeout must be a number of ms above 0, got ${show(t)}`);
-    this.handshakeTimeout = t;
+    this.handshakeTimeout = handshakeTimeout(ctx);
   }
 
   async open(): Promise<void> {
     if (!(await this.join())) {
       process.emitWarning(
-        `shmbus: the parent process did not answer for bus ${show(this.bus)} within ${this.handshakeTimeout} ms; this member is on a bus of its own. ` +
-          `Open the bus in the parent (the cluster primary or the process that forks this one) before forking, or use transport 'shm'.`,
+        `shmbus: the parent process did not answer for bus ${show(this.bus)} within ${this.handshakeTimeout} ms; this member is on a bus of its own. ${WHO_SHARES} ` +
+          `Open the bus in the parent before forking; where the parent is not yours (PM2, a test runner), use transport 'shm' (one host) or 'nats'.`,
         { code: 'SHMBUS_NO_HUB' },
       );
     }
