@@ -18,6 +18,10 @@ export type Listener = (data: any, msg: MessageInfo) => unknown;
 export type Handler = (data: any, msg: MessageInfo) => unknown;
 export type PeerListener = (id: MemberId) => void;
 export type ErrorListener = (err: Error) => void;
+/** Event names a bus emits itself: they can't be sent, handled or requested. */
+export type ReservedEvent = 'peer:join' | 'peer:leave' | 'error';
+/** An action name: any string but a reserved event name. */
+export type Action<A extends string> = A extends ReservedEvent ? never : A;
 
 export interface RequestOptions {
   /** The member that answers. Required. */
@@ -197,7 +201,7 @@ export class Bus {
    * Returns the number of members it was handed to. Throws, sending nothing, if any target is not
    * a member, the data can't be encoded, it is too large or a target's queue is full.
    */
-  sendMessage(action: string, data?: unknown, to?: MemberId | readonly MemberId[]): number {
+  sendMessage<A extends string>(action: Action<A>, data?: unknown, to?: MemberId | readonly MemberId[]): number {
     if (this.closed) throw new ShmbusError('ERR_SHMBUS_CLOSED', 'sendMessage() on a closed bus');
     checkAction(action);
     const targets = this.targetsOf(to);
@@ -315,7 +319,7 @@ export class Bus {
   /** Listens for messages under `action`, or for 'peer:join', 'peer:leave' and 'error'. */
   on(action: 'peer:join' | 'peer:leave', listener: PeerListener): this;
   on(action: 'error', listener: ErrorListener): this;
-  on(action: string, listener: Listener): this;
+  on<A extends string>(action: Action<A>, listener: Listener): this;
   on(action: string, listener: (...args: any[]) => unknown): this {
     if (!RESERVED.has(action)) checkAction(action);
     if (typeof listener !== 'function') throw invalidArg(`a listener must be a function, got ${show(listener)}`);
@@ -326,6 +330,9 @@ export class Bus {
   }
 
   /** Removes a listener added with on(). */
+  off(action: 'peer:join' | 'peer:leave', listener: PeerListener): this;
+  off(action: 'error', listener: ErrorListener): this;
+  off<A extends string>(action: Action<A>, listener: Listener): this;
   off(action: string, listener: (...args: any[]) => unknown): this {
     const list = this.listeners.get(action);
     if (!list) return this;
@@ -340,7 +347,7 @@ export class Bus {
   }
 
   /** Answers requests for `action`; one handler per action. */
-  handle(action: string, handler: Handler): this {
+  handle<A extends string>(action: Action<A>, handler: Handler): this {
     checkAction(action);
     if (typeof handler !== 'function') throw invalidArg(`a handler must be a function, got ${show(handler)}`);
     if (this.handlers.has(action)) throw invalidArg(`${show(action)} already has a handler`);
@@ -349,7 +356,7 @@ export class Bus {
   }
 
   /** Asks member `options.to` to handle `action` with `data`; resolves its answer. */
-  request<T = any>(action: string, data: unknown, options: RequestOptions): Promise<T> {
+  request<T = any, A extends string = string>(action: Action<A>, data: unknown, options: RequestOptions): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       checkAction(action);
       if (options === null || typeof options !== 'object') throw invalidArg('request() needs options with `to`, the member that answers');

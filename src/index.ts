@@ -4,11 +4,11 @@ import { resolveOptions, type OpenOptions } from './options';
 import { createTransport } from './transports/select';
 
 export { Bus } from './bus';
-export type { MessageInfo, Listener, Handler, RequestOptions, WaitForOptions, BusStats, PeerStats } from './bus';
+export type { MessageInfo, Listener, Handler, PeerListener, ErrorListener, ReservedEvent, Action, RequestOptions, WaitForOptions, BusStats, PeerStats } from './bus';
 export { Channel } from './channel';
 export { ShmbusError } from './errors';
 export type { ShmbusErrorCode } from './errors';
-export type { OpenOptions } from './options';
+export type { OpenOptions, ShmOptions, ProcessOptions, NatsOptions } from './options';
 export type { MemberId, TransportName } from './transports/transport';
 export type { CodecName } from './codec';
 

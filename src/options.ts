@@ -3,6 +3,7 @@ import { invalidArg } from './errors';
 import { codecs, type CodecName } from './codec';
 import { checkMemberId, clusterRole, isMemberId, parseMemberId, show, type MemberId } from './ids';
 import type { TransportName } from './transports/transport';
+import type { NodeConnectionOptions } from '@nats-io/transport-node';
 
 export interface OpenOptions {
   /** Bus name; members with the same name form one bus. Default 'default'. */
@@ -18,12 +19,42 @@ export interface OpenOptions {
   maxMessageSize?: number;
   /** Per target: bytes accepted but not yet taken by it. Default 64 MiB. */
   maxQueueBytes?: number;
-  /** Options for transport 'shm': { dir, ringSize, spinUs }. */
-  shm?: Record<string, unknown>;
-  /** Options for transport 'process': { handshakeTimeout }. */
-  process?: Record<string, unknown>;
-  /** Options for transport 'nats', passed to the NATS client: { servers, ... }. */
-  nats?: Record<string, unknown>;
+  /** Options for transport 'shm'. */
+  shm?: ShmOptions;
+  /** Options for transport 'process'. */
+  process?: ProcessOptions;
+  /** Options for transport 'nats': shmbus's own, and the NATS client's connect() options. */
+  nats?: NatsOptions;
+}
+
+/** Tuning of the shared-memory transport (checked at open()). */
+export interface ShmOptions {
+  /** The root of bus directories. Default $SHMBUS_DIR, else $XDG_RUNTIME_DIR/shmbus-<uid> or <tmpdir>/shmbus-<uid>. */
+  dir?: string;
+  /** Bytes per ring: a power of two from 4096 to 2^30. Default 1 MiB. */
+  ringSize?: number;
+  /** µs a member keeps polling its rings after its last traffic; 0 never polls. Default 50. */
+  spinUs?: number;
+}
+
+/** Tuning of the process transport. */
+export interface ProcessOptions {
+  /** How long a forked member waits for its parent's answer before it goes on alone, in ms. Default 1000. */
+  handshakeTimeout?: number;
+}
+
+/** The NATS transport's own options; every other key goes to the NATS client's connect(). */
+export interface NatsOptions extends NodeConnectionOptions {
+  /** How often a member says it is alive, in ms. Default 500. */
+  heartbeatInterval?: number;
+  /** Silence after which a member counts as gone, in ms (at least 2 × heartbeatInterval). Default 2000. */
+  presenceTimeout?: number;
+  /** How long open() collects answers from the members already present, in ms. Default 150. */
+  joinWindow?: number;
+  /** How long open() waits for a subscribed but silent holder of this id, in ms. Default max(1000, presenceTimeout). */
+  claimTimeout?: number;
+  /** The root of every subject. Default 'shmbus'. */
+  subjectPrefix?: string;
 }
 
 export interface ResolvedOptions {
