@@ -1,5 +1,6 @@
-// The package as a user gets it: `npm pack`, then `npm install` of the tarball into an empty
-// project. With the shipped prebuild the bus runs on shared memory, with no compiler anywhere.
+// The package as a user gets it: `npm pack` of a fresh copy of the sources (its prepack builds
+// the prebuild), then `npm install` of the tarball into an empty project. With the shipped
+// prebuild the bus runs on shared memory, with no compiler anywhere.
 // Without a prebuild (a platform we ship none for) and without a compiler, the install still
 // succeeds, says why in one line, and the bus runs on the 'process' transport with one warning;
 // with a compiler, the install builds the addon from the shipped sources.
@@ -13,7 +14,6 @@ import { fileURLToPath } from 'node:url';
 
 const repo = fileURLToPath(new URL('..', import.meta.url));
 const libc = fs.existsSync('/etc/alpine-release') ? 'musl' : 'glibc';
-const prebuildDir = path.join(repo, 'prebuilds', `${process.platform}-${process.arch}`);
 let tmp;
 let noCompiler; // a directory of failing cc, g++, make, python3… to put first on PATH
 let tarball; // what `npm pack` made
@@ -40,18 +40,19 @@ function nativeSources() {
   return [...fs.readFileSync(path.join(repo, 'binding.gyp'), 'utf8').matchAll(/"(native\/[^"]+\.(?:cc|c|cpp))"/g)].map((m) => m[1]);
 }
 
-/** The newest modification time among the files a prebuild is made from. */
-function newestSource() {
-  const files = [path.join(repo, 'binding.gyp')];
-  for (const name of fs.readdirSync(path.join(repo, 'native'))) {
-    if (/\.(cc|h)$/.test(name)) files.push(path.join(repo, 'native', name));
+/**
+ * A copy of the checkout as a fresh clone has it: the files git knows (committed or not, not
+ * ignored), so no prebuilds/, build/ or dist/; node_modules is this checkout's, linked.
+ */
+function freshCopy(dir) {
+  const listed = sh('git', ['ls-files', '-z', '--cached', '--others', '--exclude-standard'], { cwd: repo });
+  assert.equal(listed.status, 0, listed.out);
+  for (const file of listed.stdout.split('\0').filter(Boolean)) {
+    if (!fs.existsSync(path.join(repo, file))) continue; // deleted, not yet committed
+    fs.mkdirSync(path.dirname(path.join(dir, file)), { recursive: true });
+    fs.copyFileSync(path.join(repo, file), path.join(dir, file));
   }
-  return Math.max(...files.map((f) => fs.statSync(f).mtimeMs));
-}
-
-function prebuildIsFresh() {
-  const names = fs.existsSync(prebuildDir) ? fs.readdirSync(prebuildDir).filter((n) => n.endsWith('.node')) : [];
-  return names.length > 0 && names.every((n) => fs.statSync(path.join(prebuildDir, n)).mtimeMs >= newestSource());
+  fs.symlinkSync(path.join(repo, 'node_modules'), path.join(dir, 'node_modules'), 'dir');
 }
 
 /** Installs `pkg` into a new, empty project under tmp; `compiler: false` puts the failing tools first on PATH. */
@@ -112,15 +113,14 @@ before(() => {
     fs.writeFileSync(path.join(noCompiler, tool), `#!/bin/sh\necho "${tool}: not installed (shmbus install test)" >&2\nexit 127\n`, { mode: 0o755 });
   }
 
-  if (!prebuildIsFresh()) {
-    const r = sh('npm', ['run', 'prebuildify'], { cwd: repo, env: userEnv() });
-    assert.equal(r.status, 0, r.out);
-    assert.ok(prebuildIsFresh(), `npm run prebuildify made no prebuild in ${prebuildDir}`);
-  }
-  // dist/ was built by `npm test`; --ignore-scripts skips a second `prepare`.
-  const pack = sh('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', tmp], { cwd: repo, env: userEnv() });
+  // A release is `npm pack` (or publish) of a clone: its prepack and prepare scripts build the
+  // prebuild and dist/.
+  const clone = path.join(tmp, 'clone');
+  freshCopy(clone);
+  const pack = sh('npm', ['pack', '--json', '--pack-destination', tmp], { cwd: clone, env: userEnv(), timeout: 300_000 });
   assert.equal(pack.status, 0, pack.out);
-  tarball = path.join(tmp, JSON.parse(pack.stdout)[0].filename);
+  // (the scripts' output comes first on stdout, then the JSON)
+  tarball = path.join(tmp, JSON.parse(pack.stdout.slice(pack.stdout.search(/^\[/m)))[0].filename);
 
   const unpacked = path.join(tmp, 'unpacked');
   fs.mkdirSync(unpacked);
@@ -142,12 +142,23 @@ test('the tarball holds the library, the prebuild, the native sources and the in
   const paths = pack.stdout.split('\n').filter(Boolean).map((p) => p.replace(/^package\//, ''));
   const list = paths.join('\n');
 
-  for (const p of ['package.json', 'README.md', 'dist/index.js', 'dist/index.mjs', 'dist/index.d.ts', 'binding.gyp', 'scripts/install.js', ...nativeSources()]) {
+  for (const p of ['package.json', 'README.md', 'LICENSE', 'dist/index.js', 'dist/index.mjs', 'dist/index.d.ts', 'binding.gyp', 'scripts/install.js', ...nativeSources()]) {
     assert.ok(paths.includes(p), `${p} is missing from the tarball:\n${list}`);
   }
   assert.ok(paths.some((p) => p.startsWith(`prebuilds/${process.platform}-${process.arch}/`) && p.endsWith(`.${libc}.node`)), list);
   const unwanted = paths.filter((p) => /^(src|test|build|examples|\.ci|native\/[^/]+)\//.test(p) || p.endsWith('.map') || (p.endsWith('.ts') && !p.endsWith('.d.ts')));
   assert.deepEqual(unwanted, []);
+
+  assert.match(fs.readFileSync(path.join(tmp, 'unpacked', 'package', 'LICENSE'), 'utf8'), /^MIT License\n\nCopyright \(c\) 2026 the shmbus authors\n/);
+  // No file points at a source map the package does not hold.
+  const dangling = [];
+  for (const p of paths.filter((p) => /\.(m?js|d\.ts)$/.test(p))) {
+    const text = fs.readFileSync(path.join(tmp, 'unpacked', 'package', p), 'utf8');
+    for (const [, map] of text.matchAll(/^\/\/# sourceMappingURL=(.+)$/gm)) {
+      if (!map.startsWith('data:') && !paths.includes(path.posix.join(path.posix.dirname(p), map))) dangling.push(`${p} -> ${map}`);
+    }
+  }
+  assert.deepEqual(dangling, [], 'sourceMappingURL comments to files that are not shipped');
 });
 
 test('installed without a compiler, the prebuild runs the bus on shared memory; SHMBUS_TRANSPORT overrides', { timeout: 60_000 }, () => {
