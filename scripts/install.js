@@ -113,12 +113,17 @@ function runs(cmd, args) {
 
 /**
  * `node-gyp rebuild`, one make job per core. From source on purpose, its output goes to the
- * terminal; otherwise to build/install.log, and the summary is the first compiler error.
+ * terminal (warnings and errors, and the compiler's lines: node-gyp's own info lines only at
+ * npm's --loglevel info or more); otherwise to build/install.log, and the summary is the first
+ * compiler error.
  */
 function buildFromSource(showOutput) {
   const [cmd, ...args] = nodeGyp();
   args.push('rebuild', '--release', '--jobs', 'max');
   if (showOutput) {
+    const asked = process.env.npm_config_loglevel;
+    args.push('--loglevel', ['info', 'verbose', 'silly'].includes(asked) ? asked : 'warn');
+    console.log('shmbus: building the native addon from source');
     const child = spawnSync(cmd, args, { cwd: root, stdio: 'inherit' });
     return { ok: child.status === 0 };
   }

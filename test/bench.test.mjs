@@ -78,6 +78,50 @@ test('bench writes an SVG chart and a table for people', () => {
   }
 });
 
+test('the table for people: units that fit, ratios in words against ipc and uds, no goals of the project, nats or how to add it', () => {
+  // The default transports (nats joins them when a server answers), one payload and codec.
+  const r = shmbus(['bench', '--quick', '--payloads', '64', '--codecs', 'raw']);
+  assert.equal(r.status, 0, `exit ${r.status} ${r.signal ?? ''}\n${r.stdout}\n${r.stderr}`);
+  const lines = r.stdout.split('\n');
+  assert.doesNotMatch(r.stdout, /Targets|MISSED|holds /, 'no project goals');
+
+  const header = lines.findIndex((l) => /^transport\s+codec\s+payload\s+p50\s+p99\s+p99\.9\s+max\s+msgs\/s\s+MB\/s\s+cpu ms$/.test(l));
+  assert.ok(header >= 0, r.stdout);
+  const rows = [];
+  for (const line of lines.slice(header + 1)) {
+    if (line === '') break;
+    rows.push(line.split(/\s{2,}/));
+  }
+  for (const row of rows) {
+    // Each latency in the unit that fits it: never "12.6k µs".
+    for (const cell of row.slice(3, 7)) assert.match(cell, /^\d+(\.\d+)? (µs|ms|s)$/, row.join(' | '));
+  }
+  const names = rows.map((row) => row[0]);
+  assert.ok(names.includes('process') && names.includes('ipc') && names.includes('uds'), names.join(','));
+
+  // Each shmbus transport once against the references, in words, not a repeat of the progress lines.
+  const at = lines.indexOf('Against what users have today (ipc: child.send(); uds: a Unix socket), at the same payload:');
+  assert.ok(at > header, r.stdout);
+  const against = [];
+  for (const line of lines.slice(at + 1)) {
+    if (line === '') break;
+    against.push(line);
+  }
+  assert.deepEqual(against.map((l) => l.trim().split(' ')[0]), names.filter((n) => n !== 'ipc' && n !== 'uds'));
+  const ratio = '(\\d+(\\.\\d)?x (faster|slower) than|about as fast as)';
+  for (const line of against) {
+    assert.match(line, new RegExp(`^  \\S+ raw 64 B\\s+round trip ${ratio} ipc, ${ratio} uds; messages/s ${ratio} ipc, ${ratio} uds$`), line);
+  }
+  if (names.includes('nats')) assert.doesNotMatch(r.stdout, /^nats: not measured/m);
+  else assert.match(r.stdout, /^nats: not measured: no NATS server answers on 127\.0\.0\.1:4222; start one/m);
+});
+
+test('one combination is one, not "1 combinations"', () => {
+  const r = shmbus(['bench', '--duration', '0.2', '--transports', 'ipc', '--payloads', '64']);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stderr, /^shmbus bench: 1 combination, /m);
+});
+
 test('bad options exit 2 with a message', () => {
   for (const args of [
     ['bench', '--no-such-option'],

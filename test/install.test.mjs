@@ -194,6 +194,14 @@ test('with no prebuild and no compiler the install succeeds with one line, and t
   assert.match(fallback.shm.message, /native addon did not load/, fallback.out);
 });
 
+test("a clone's install step (what `npm ci` runs) builds the addon without node-gyp's info lines", { timeout: 180_000 }, () => {
+  const r = sh('npm', ['run-script', 'install'], { cwd: path.join(tmp, 'clone'), env: userEnv(nodeHeaders()), timeout: 170_000 });
+  assert.equal(r.status, 0, r.out);
+  assert.match(r.stdout, /^shmbus: building the native addon from source$/m, r.out);
+  assert.match(r.stdout, /^shmbus: built the native addon from source$/m, r.out);
+  assert.deepEqual(`${r.stdout}${r.stderr}`.split('\n').filter((l) => /^gyp info/.test(l)), [], r.out);
+});
+
 test('with no prebuild and a compiler the install builds the addon from the shipped sources', { timeout: 90_000 }, () => {
   const { project, installed, install } = installInto('source-build', bare, { compiler: true });
   assert.match(install.stdout, /^shmbus: built the native addon from source$/m, install.out);

@@ -8,11 +8,12 @@
  */
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
 import { EXIT_UNAVAILABLE, benchNodeArgs, type BenchCodec, type BenchTransport, type DriverLine, type MemberConfig } from './member';
-import { fmtBytes, fmtNum, type Machine, type Result } from './format';
+import { fmtBytes, fmtNum, fmtUs, type Machine, type Result } from './format';
 import { renderSvg } from './svg';
 
 export type { Machine, Result };
@@ -43,10 +44,11 @@ export class UsageError extends Error {}
 export const BENCH_HELP = `Usage: shmbus bench [options]
 
 Measures, between two Node.js processes on this machine, for each transport, codec and payload:
-round-trip latency (ping-pong: p50, p99, p99.9, max in µs), one-way throughput with backpressure
+round-trip latency (ping-pong: p50, p99, p99.9, max), one-way throughput with backpressure
 respected and every message checked (messages/s, MB/s), and the CPU time both processes used.
 
-  --transports LIST  shm, process, nats, ipc, uds (default shm,process,ipc,uds)
+  --transports LIST  shm, process, nats, ipc, uds (default shm,process,ipc,uds, and nats when a
+                       NATS server answers on 127.0.0.1:4222)
                        shm, process, nats: shmbus transports (public API, sendMessage)
                        ipc: child.send()/process.send() on Node's default JSON channel (codec json)
                        uds: a node:net Unix socket, 4-byte length-prefixed frames (codec raw)
@@ -227,116 +229,100 @@ function runPair(cfg: MemberConfig, onResult: (r: Result) => void): Promise<Pair
 
 const label = (r: { transport: string; codec: string; payload: number }): string => `${r.transport}/${r.codec}/${r.payload}`;
 
-function fmtRatio(x: number): string {
-  if (!Number.isFinite(x)) return '-';
-  return x >= 10 ? `${x.toFixed(0)}x` : `${x.toFixed(1)}x`;
+/** "3.1x faster than ipc", "1.4x slower than uds", "about as fast as uds" (x: how many times better r is than the reference). */
+function fmtRatio(x: number, ref: string): string {
+  if (!Number.isFinite(x) || x <= 0) return '';
+  const times = (y: number): string => (y >= 10 ? `${y.toFixed(0)}x` : `${y.toFixed(1)}x`);
+  if (x >= 0.95 && x < 1.05) return `about as fast as ${ref}`;
+  if (x >= 1) return `${times(x)} faster than ${ref}`;
+  return `${times(1 / x)} slower than ${ref}`;
 }
 
 function refOf(results: readonly Result[], transport: 'ipc' | 'uds', payload: number): Result | undefined {
   return results.find((r) => r.transport === transport && r.payload === payload);
 }
 
-/** "(27x ipc, 16x uds)": how many times lower (latency) or higher (throughput) than each reference. */
+/** r against each reference measured at its payload: "3.1x faster than ipc, 1.4x slower than uds". */
 function ratios(results: readonly Result[], r: Result, pick: (x: Result) => number, lowerIsBetter: boolean): string {
   const parts: string[] = [];
   for (const ref of ['ipc', 'uds'] as const) {
     if (r.transport === ref) continue;
     const b = refOf(results, ref, r.payload);
     if (!b) continue;
-    const x = lowerIsBetter ? pick(b) / pick(r) : pick(r) / pick(b);
-    parts.push(`${fmtRatio(x)} ${ref}`);
+    parts.push(fmtRatio(lowerIsBetter ? pick(b) / pick(r) : pick(r) / pick(b), ref));
   }
-  return parts.length > 0 ? ` (${parts.join(', ')})` : '';
+  return parts.filter(Boolean).join(', ');
 }
 
 export function progressLine(results: readonly Result[], r: Result): string {
-  return `${label(r)}: p50 ${fmtNum(r.rtt_us.p50)} µs${ratios(results, r, (x) => x.rtt_us.p50, true)}, p99 ${fmtNum(r.rtt_us.p99)} µs; ` +
-    `${fmtNum(r.msgs_per_s)} msgs/s${ratios(results, r, (x) => x.msgs_per_s, false)}, ${fmtNum(r.mb_per_s)} MB/s; cpu ${fmtNum(r.cpu_ms)} ms`;
-}
-
-interface Target {
-  text: string;
-  transport: BenchTransport;
-  codec: BenchCodec;
-  payload: number;
-  ref: 'ipc' | 'uds';
-  metric: 'p50' | 'msgs' | 'mb';
-  factor: number;
-}
-
-const TARGETS: Target[] = [
-  { text: '64 B round trip, shm raw p50 >= 4x lower than ipc', transport: 'shm', codec: 'raw', payload: 64, ref: 'ipc', metric: 'p50', factor: 4 },
-  { text: '64 B round trip, shm raw p50 >= 2.5x lower than uds', transport: 'shm', codec: 'raw', payload: 64, ref: 'uds', metric: 'p50', factor: 2.5 },
-  { text: '64 B round trip, shm v8 p50 >= 3x lower than ipc', transport: 'shm', codec: 'v8', payload: 64, ref: 'ipc', metric: 'p50', factor: 3 },
-  { text: '64 B throughput, shm raw msgs/s >= 10x ipc', transport: 'shm', codec: 'raw', payload: 64, ref: 'ipc', metric: 'msgs', factor: 10 },
-  { text: '64 B throughput, shm raw msgs/s >= 5x uds', transport: 'shm', codec: 'raw', payload: 64, ref: 'uds', metric: 'msgs', factor: 5 },
-  { text: '1 MiB throughput, shm raw MB/s >= 10x ipc', transport: 'shm', codec: 'raw', payload: 1048576, ref: 'ipc', metric: 'mb', factor: 10 },
-  { text: '1 MiB throughput, shm raw MB/s >= 3x uds', transport: 'shm', codec: 'raw', payload: 1048576, ref: 'uds', metric: 'mb', factor: 3 },
-];
-
-function targetLines(results: readonly Result[]): string[] {
-  const lines: string[] = [];
-  for (const t of TARGETS) {
-    const r = results.find((x) => x.transport === t.transport && x.codec === t.codec && x.payload === t.payload);
-    const b = refOf(results, t.ref, t.payload);
-    if (!r || !b) continue;
-    const x = t.metric === 'p50' ? b.rtt_us.p50 / r.rtt_us.p50 : t.metric === 'msgs' ? r.msgs_per_s / b.msgs_per_s : r.mb_per_s / b.mb_per_s;
-    lines.push(`  ${x >= t.factor ? 'holds ' : 'MISSED'}  ${t.text}: ${x.toFixed(2)}x`);
-  }
-  return lines;
+  const rtt = ratios(results, r, (x) => x.rtt_us.p50, true);
+  const tp = ratios(results, r, (x) => x.msgs_per_s, false);
+  return `${label(r)}: p50 ${fmtUs(r.rtt_us.p50)}${rtt ? ` (${rtt})` : ''}, p99 ${fmtUs(r.rtt_us.p99)}; ` +
+    `${fmtNum(r.msgs_per_s)} msgs/s${tp ? ` (${tp})` : ''}, ${fmtNum(r.mb_per_s)} MB/s; cpu ${fmtNum(r.cpu_ms)} ms`;
 }
 
 export function renderTable(results: readonly Result[], m: Machine, o: BenchOptions): string {
-  const rows: string[][] = [['transport', 'codec', 'payload', 'p50 µs', 'p99 µs', 'p99.9 µs', 'max µs', 'msgs/s', 'MB/s', 'cpu ms', 'p50 vs ipc/uds', 'msgs/s vs ipc/uds']];
+  const rows: string[][] = [['transport', 'codec', 'payload', 'p50', 'p99', 'p99.9', 'max', 'msgs/s', 'MB/s', 'cpu ms']];
   for (const r of results) {
-    const vs = (pick: (x: Result) => number, lower: boolean): string =>
-      (['ipc', 'uds'] as const)
-        .map((ref) => {
-          const b = refOf(results, ref, r.payload);
-          if (!b || ref === r.transport) return '-';
-          return fmtRatio(lower ? pick(b) / pick(r) : pick(r) / pick(b));
-        })
-        .join(' / ');
     rows.push([
       r.transport,
       r.codec,
       fmtBytes(r.payload),
-      fmtNum(r.rtt_us.p50),
-      fmtNum(r.rtt_us.p99),
-      fmtNum(r.rtt_us.p999),
-      fmtNum(r.rtt_us.max),
+      fmtUs(r.rtt_us.p50),
+      fmtUs(r.rtt_us.p99),
+      fmtUs(r.rtt_us.p999),
+      fmtUs(r.rtt_us.max),
       fmtNum(r.msgs_per_s),
       fmtNum(r.mb_per_s),
       fmtNum(r.cpu_ms),
-      vs((x) => x.rtt_us.p50, true),
-      vs((x) => x.msgs_per_s, false),
     ]);
   }
   const widths = rows[0].map((_, c) => Math.max(...rows.map((row) => row[c].length)));
   const text = rows.map((row) => row.map((cell, c) => (c < 3 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join('  ').trimEnd());
   const out = [
     `shmbus bench: node ${m.node}, ${m.platform}, ${m.cpus} CPUs${o.loadAtStart !== undefined ? `, load average ${o.loadAtStart.toFixed(2)} at the start` : ''}; ${o.duration} s per phase${o.quick ? ' (--quick)' : ''}${o.spinUs !== undefined ? `; shm spinUs ${o.spinUs}` : ''}`,
-    'Round trip: ping-pong between two processes, one message each way (shmbus: sendMessage to one member,',
-    'echoed by its listener; ipc: child.send/process.send; uds: one write per frame). Throughput: one way,',
-    'backpressure respected, every message counted and its sequence number checked. cpu ms: both',
-    'processes, user+system, over both measured phases. MB = 10^6 payload bytes. Ratios: times lower',
-    'round trip / times more messages per second than ipc and than uds at the same payload.',
+    'Round trip (p50 ... max): ping-pong between two processes, one message each way (shmbus: sendMessage',
+    'to one member, echoed by its listener; ipc: child.send/process.send; uds: one write per frame).',
+    'Throughput: one way, backpressure respected, every message counted and its sequence number checked.',
+    'cpu ms: both processes, user+system, over both measured phases. MB = 10^6 payload bytes.',
     '',
     text[0],
     ...text.slice(1),
   ];
-  const refs = results.filter((r) => !REFERENCES.has(r.transport));
-  if (refs.length > 0 && results.some((r) => REFERENCES.has(r.transport))) {
-    out.push('', 'Against what users have today:');
-    for (const r of refs) out.push(`  ${progressLine(results, r)}`);
+  const measured = results.filter((r) => !REFERENCES.has(r.transport));
+  if (measured.length > 0 && results.some((r) => REFERENCES.has(r.transport))) {
+    out.push('', 'Against what users have today (ipc: child.send(); uds: a Unix socket), at the same payload:');
+    const w = Math.max(...measured.map((r) => `${r.transport} ${r.codec} ${fmtBytes(r.payload)}`.length));
+    for (const r of measured) {
+      const rtt = ratios(results, r, (x) => x.rtt_us.p50, true);
+      const tp = ratios(results, r, (x) => x.msgs_per_s, false);
+      out.push(`  ${`${r.transport} ${r.codec} ${fmtBytes(r.payload)}`.padEnd(w)}  round trip ${rtt || '-'}; messages/s ${tp || '-'}`);
+    }
   }
-  const targets = targetLines(results);
-  if (targets.length > 0) out.push('', 'Targets:', ...targets);
   return out.join('\n') + '\n';
+}
+
+/** Whether a NATS server answers where the nats transport looks by default (127.0.0.1:4222). */
+function natsAnswers(): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host: '127.0.0.1', port: 4222 });
+    const done = (up: boolean): void => {
+      socket.destroy();
+      resolve(up);
+    };
+    socket.setTimeout(1000, () => done(false));
+    socket.once('connect', () => done(true));
+    socket.once('error', () => done(false));
+  });
 }
 
 export async function runBench(o: BenchOptions): Promise<number> {
   const m = machine();
+  let natsNote: string | undefined;
+  if (!o.transportsGiven) {
+    if (await natsAnswers()) o.transports.splice(o.transports.indexOf('process') + 1, 0, 'nats');
+    else natsNote = "nats: not measured: no NATS server answers on 127.0.0.1:4222; start one (nats-server) and run again to add it";
+  }
   const stamp = `${process.pid}-${Date.now().toString(36)}`;
   const warmupMs = Math.round(Math.min(1000, Math.max(100, o.duration * 250)));
   const phaseMs = Math.round(o.duration * 1000);
@@ -346,7 +332,7 @@ export async function runBench(o: BenchOptions): Promise<number> {
   const total = plan.length * o.payloads.length;
   const load = os.loadavg()[0];
   o.loadAtStart = load;
-  process.stderr.write(`shmbus bench: ${total} combinations, ${o.duration} s per phase; node ${m.node}, ${m.platform}, ${m.cpus} CPUs, load average ${load.toFixed(2)}\n`);
+  process.stderr.write(`shmbus bench: ${total} combination${total === 1 ? '' : 's'}, ${o.duration} s per phase; node ${m.node}, ${m.platform}, ${m.cpus} CPUs, load average ${load.toFixed(2)}\n`);
   if (load > m.cpus / 2) process.stderr.write(`shmbus bench: this machine is busy (load ${load.toFixed(2)} on ${m.cpus} CPUs): expect noisy numbers, and polling that waits for a CPU\n`);
   const results: Result[] = [];
   let failed = false;
@@ -390,6 +376,7 @@ export async function runBench(o: BenchOptions): Promise<number> {
   else {
     process.stdout.write(renderTable(results, m, o));
     for (const [t, reason] of skipped) process.stdout.write(`\n${t}: skipped, it can't run here: ${reason}\n`);
+    if (natsNote) process.stdout.write(`\n${natsNote}\n`);
   }
   return failed ? 1 : 0;
 }

@@ -33,3 +33,10 @@ export function fmtNum(x: number): string {
   if (x >= 10) return x.toFixed(1);
   return x.toFixed(2);
 }
+
+/** A duration given in µs, in the unit that fits it: "9.3 µs", "12.6 ms", "1.20 s". */
+export function fmtUs(us: number): string {
+  if (us >= 1e6) return `${(us / 1e6).toFixed(2)} s`;
+  if (us >= 1000) return `${fmtNum(us / 1000)} ms`;
+  return `${fmtNum(us)} µs`;
+}
