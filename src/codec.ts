@@ -31,16 +31,19 @@ function serializeError(codec: CodecName, err: unknown): ShmbusError {
  * a serializer's object-identity map, so one serializer serves them all; the bytes are those
  * v8.serialize() writes. Objects still get a serializer of their own.
  */
-const primitiveSerializer = new v8.DefaultSerializer();
+let primitiveSerializer: v8.Serializer | undefined;
 
 function serializePrimitive(data: unknown): Buffer {
+  // Made at first use, not at import: a runtime without v8.Serializer (Bun) can still import shmbus.
+  primitiveSerializer ??= new v8.DefaultSerializer();
   primitiveSerializer.writeHeader();
   primitiveSerializer.writeValue(data);
   return primitiveSerializer.releaseBuffer();
 }
 
-/** The format version this Node writes (the second byte of every v8.serialize() result). */
-const V8_VERSION = v8.serialize('')[1];
+/** The format version this Node writes (the second byte of every v8.serialize() result), at first use. */
+let v8Version: number | undefined;
+const v8FormatVersion = (): number => (v8Version ??= v8.serialize('')[1]);
 /** The tag of a one-byte (Latin-1) string in the v8 format, followed by its varint length. */
 const ONE_BYTE_STRING = 0x22;
 
@@ -49,7 +52,7 @@ const ONE_BYTE_STRING = 0x22;
  * common small payload besides objects), without making a native Deserializer; else undefined.
  */
 function deserializeOneByteString(body: Buffer): string | undefined {
-  if (body.length < 4 || body[0] !== 0xff || body[1] !== V8_VERSION || body[2] !== ONE_BYTE_STRING) return undefined;
+  if (body.length < 4 || body[0] !== 0xff || body[1] !== v8FormatVersion() || body[2] !== ONE_BYTE_STRING) return undefined;
   let length = 0;
   let shift = 0;
   let at = 3;
@@ -73,7 +76,7 @@ function serializeLatin1(text: string): Buffer {
   for (let n = length; n >= 0x80; n = Math.floor(n / 128)) head++;
   const body = Buffer.allocUnsafe(head + length);
   body[0] = 0xff;
-  body[1] = V8_VERSION;
+  body[1] = v8FormatVersion();
   body[2] = ONE_BYTE_STRING;
   let at = 3;
   let n = length;
@@ -145,3 +148,23 @@ function describe(value: unknown): string {
 }
 
 export const codecs: Record<CodecName, Codec> = { v8: v8Codec, json: jsonCodec, raw: rawCodec };
+
+let v8Problem: string | undefined | null = null;
+
+/**
+ * Why codec `name` can't run in this runtime, or undefined. The v8 codec needs V8's serializer:
+ * Bun lacks v8.Serializer, and its v8.serialize() writes a format Node can't read.
+ */
+export function codecProblem(name: CodecName): string | undefined {
+  if (name !== 'v8') return undefined;
+  if (v8Problem !== null) return v8Problem;
+  const bun = (process.versions as { bun?: string }).bun;
+  if (bun !== undefined) return (v8Problem = `it needs V8's serializer, and this is Bun ${bun}`);
+  try {
+    serializePrimitive(0);
+    v8Problem = undefined;
+  } catch (err) {
+    v8Problem = `node:v8 can't serialize here (${(err as Error).message})`;
+  }
+  return v8Problem;
+}

@@ -61,6 +61,12 @@ export function loadNative(): { addon: NativeAddon } | { reason: string } {
     cached = { reason: `the shared-memory transport runs on Linux only, not on ${process.platform}` };
     return cached;
   }
+  const bun = (process.versions as { bun?: string }).bun;
+  if (bun !== undefined) {
+    // Bun loads Node-API addons but aborts the process at the first libuv call the addon makes.
+    cached = { reason: `the shared-memory transport needs Node's libuv event loop, which Bun ${bun} does not provide; run it under Node.js, or use transport 'nats' (or 'process')` };
+    return cached;
+  }
   const root = path.resolve(__dirname, '..');
   try {
     cached = { addon: require('node-gyp-build')(root) as NativeAddon };

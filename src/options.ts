@@ -1,6 +1,6 @@
 import * as os from 'node:os';
 import { invalidArg } from './errors';
-import { codecs, type CodecName } from './codec';
+import { codecProblem, codecs, type CodecName } from './codec';
 import { checkMemberId, clusterRole, isMemberId, parseMemberId, show, type MemberId } from './ids';
 import type { TransportName } from './transports/transport';
 import type { NodeConnectionOptions } from '@nats-io/transport-node';
@@ -145,6 +145,8 @@ export function resolveOptions(options: unknown): ResolvedOptions {
   if (typeof codec !== 'string' || !Object.hasOwn(codecs, codec)) {
     throw invalidArg(`codec must be one of ${Object.keys(codecs).join(', ')}, got ${show(codec)}`);
   }
+  const problem = codecProblem(codec);
+  if (problem !== undefined) throw invalidArg(`the ${codec} codec can't run here: ${problem}; choose codec 'json' or 'raw' (every member of a bus uses the same codec)`);
 
   return {
     name,
