@@ -415,6 +415,7 @@ for (const transport of transports) {
       const r = await run('probe.mjs', { transport, env: { NODE_DEBUG: 'shmbus' } });
       assert.equal(r.result?.opened, true, r.describe());
       assert.match(r.stderr, /^SHMBUS \d+: open \S+ as \S+ on \w+/m);
+      assert.match(r.stderr, new RegExp(`^SHMBUS \\d+: bus \\S+ as \\S+: transport ${transport} \\(SHMBUS_TRANSPORT=${transport}\\)$`, 'm'), 'which transport, and why');
       assert.match(r.stderr, /^SHMBUS \d+: close /m);
       const quiet = await run('probe.mjs', { transport, env: { NODE_DEBUG: '' } });
       assert.doesNotMatch(quiet.stderr, /SHMBUS \d+:/);

@@ -1,16 +1,20 @@
+import { debuglog } from 'node:util';
 import { ShmbusError } from '../errors';
 import type { ResolvedOptions } from '../options';
 import type { Transport, TransportContext, TransportHost, TransportName } from './transport';
 import { createProcessTransport } from './process';
 
+const debug = debuglog('shmbus');
 let autoWarned = false;
 
 /** Picks and makes the transport that `options.transport` names ('auto': shm where it can run). */
 export async function createTransport(options: ResolvedOptions, host: TransportHost): Promise<Transport> {
   let name: TransportName;
+  let why: string;
   if (options.transport === 'auto') {
     const reason = shmUnavailableReason();
     name = reason === undefined ? 'shm' : 'process';
+    why = reason === undefined ? "'auto', and the shared-memory addon loads here" : `'auto', and shm can't run here: ${reason}`;
     if (reason !== undefined && !autoWarned) {
       autoWarned = true;
       process.emitWarning(
@@ -20,7 +24,9 @@ export async function createTransport(options: ResolvedOptions, host: TransportH
     }
   } else {
     name = options.transport;
+    why = process.env.SHMBUS_TRANSPORT ? `SHMBUS_TRANSPORT=${process.env.SHMBUS_TRANSPORT}` : `the transport option`;
   }
+  debug('bus %s as %s: transport %s (%s)', options.name, options.id, name, why);
   const ctx: TransportContext = {
     busName: options.name,
     id: options.id,
