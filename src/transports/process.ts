@@ -4,8 +4,11 @@
  * and the hub relays frames between them. Works wherever Node does; slower than shm.
  *
  * Envelopes on the channel are objects tagged with `__shmbus` so that an application's own
- * `process.on('message')` can tell them apart. Frames travel as Buffers on an 'advanced'
- * channel and as base64 strings on a 'json' one (where a Buffer would become an array of numbers).
+ * `process.on('message')` can tell them apart. The frames written to one member in one turn of
+ * the loop go as one envelope, a batch (one child.send, not one per frame: a send costs more
+ * than the frames in it), which the hub passes on to the target as it came. A batch is a Buffer
+ * on an 'advanced' channel and a base64 string on a 'json' one (where a Buffer would become an
+ * array of numbers).
  */
 import type { ChildProcess } from 'node:child_process';
 import * as diagnostics from 'node:diagnostics_channel';
@@ -18,17 +21,24 @@ import type { MemberId, Transport, TransportContext } from './transport';
 const debug = debuglog('shmbus');
 const TAG = '__shmbus';
 const PROTOCOL = 1;
+/** A batch this large goes at once, without waiting for the end of the turn. */
+const BATCH_BYTES = 1024 * 1024;
+/** A frame to several members larger than this goes once to the hub, which hands it to each. */
+const FANOUT_BYTES = 64 * 1024;
+/** In a batch every frame is u32 length, u32 sequence number, then the frame. */
+const RECORD_HEAD = 8;
 
 type Wire = string | Uint8Array;
 
 /**
- * Every envelope: hello/welcome/refuse/join/leave/bye for membership, f for frames, a for
- * acknowledgements. A frame carries its sequence number per target (s), and one to a member alone
- * the acknowledgement of what the sender took from that member (k); an acknowledgement is u.
+ * Every envelope: hello/welcome/refuse/join/leave/bye for membership, F for a batch of frames to
+ * one member, f for one frame to several, a for acknowledgements. A frame carries its sequence
+ * number per target (s; in a batch, in each record), and a batch or a frame to a member alone the
+ * acknowledgement of what the sender took from that member (k); an acknowledgement is u.
  */
 interface Envelope {
   [TAG]: number;
-  t: 'hello' | 'welcome' | 'refuse' | 'join' | 'leave' | 'bye' | 'f' | 'a';
+  t: 'hello' | 'welcome' | 'refuse' | 'join' | 'leave' | 'bye' | 'F' | 'f' | 'a';
   b: string;
   id?: MemberId;
   ids?: MemberId[];
@@ -38,7 +48,8 @@ interface Envelope {
   s?: number | number[];
   k?: number;
   u?: number;
-  json?: boolean;
+  /** A Buffer in hello and welcome: how it arrives tells the other side the channel's serialization. */
+  p?: unknown;
   code?: string;
   message?: string;
   holder?: string;
@@ -63,7 +74,91 @@ function fromWire(d: unknown): Buffer | undefined {
   return undefined;
 }
 
-const thisChannelIsJson = process.env.NODE_CHANNEL_SERIALIZATION_MODE !== 'advanced';
+/**
+ * The probe hello and welcome carry. Node tells a child its channel's serialization only in an
+ * environment variable that it removes before the program runs; a Buffer comes through an
+ * 'advanced' channel as bytes and a JSON one as an object.
+ */
+const PROBE = Buffer.of(1);
+const viaJson = (probe: unknown): boolean => !(probe instanceof Uint8Array);
+
+interface Batch {
+  buf: Buffer;
+  bytes: number;
+}
+
+/**
+ * Frames waiting, per target, for the end of this turn of the loop (a microtask: whatever the
+ * code running now sends goes together), then handed to `post` as one batch per target. Frames
+ * are copied in at once: the data was encoded at the call, and the caller may change it next.
+ */
+class Batcher {
+  private readonly pending = new Map<MemberId, Batch>();
+  private scheduled = false;
+  private readonly flushAll = (): void => {
+    this.scheduled = false;
+    for (const [to, batch] of this.pending) this.flushOne(to, batch);
+  };
+
+  constructor(private readonly post: (to: MemberId, batch: Buffer) => void) {}
+
+  add(to: MemberId, seq: number, head: Uint8Array, body: Uint8Array): void {
+    const need = RECORD_HEAD + head.length + body.length;
+    let batch = this.pending.get(to);
+    if (!batch) this.pending.set(to, (batch = { buf: Buffer.allocUnsafe(Math.max(4096, need)), bytes: 0 }));
+    else if (batch.bytes + need > batch.buf.length) {
+      const grown = Buffer.allocUnsafe(Math.max(2 * batch.buf.length, batch.bytes + need));
+      batch.buf.copy(grown, 0, 0, batch.bytes);
+      batch.buf = grown;
+    }
+    const { buf } = batch;
+    let at = batch.bytes;
+    buf.writeUInt32LE(head.length + body.length, at);
+    buf.writeUInt32LE(seq, at + 4);
+    buf.set(head, (at += RECORD_HEAD));
+    buf.set(body, at + head.length);
+    batch.bytes += need;
+    if (batch.bytes >= BATCH_BYTES) this.flushOne(to, batch);
+    else if (!this.scheduled) {
+      this.scheduled = true;
+      queueMicrotask(this.flushAll);
+    }
+  }
+
+  /** Sends everything waiting now (before something that must not overtake it). */
+  flush(): void {
+    this.flushAll();
+  }
+
+  /** `to` is gone: what waits for it is dropped. */
+  drop(to: MemberId): void {
+    this.pending.delete(to);
+  }
+
+  private flushOne(to: MemberId, batch: Batch): void {
+    this.pending.delete(to);
+    this.post(to, batch.buf.subarray(0, batch.bytes));
+  }
+}
+
+/**
+ * Hands the frames of a batch from `from` to the host, each taken first (so that what is sent in
+ * answer acknowledges it); the acknowledgement it carries counts before any of them.
+ */
+function takeBatch(flow: FlowControl, host: TransportContext['host'], from: MemberId, d: unknown, k: unknown): void {
+  if (k !== undefined) flow.acked(from, { u: k });
+  const batch = fromWire(d);
+  let at = 0;
+  while (batch && at + RECORD_HEAD <= batch.length) {
+    const end = at + RECORD_HEAD + batch.readUInt32LE(at);
+    if (end > batch.length) break;
+    const frame = batch.subarray(at + RECORD_HEAD, end);
+    flow.took(from, UNICAST, batch.readUInt32LE(at + 4), frame.length);
+    host.frame(from, frame);
+    at = end;
+  }
+  if (!batch || at !== batch.length) host.error(new ShmbusError('ERR_SHMBUS_PROTOCOL', `member ${show(from)} sent a batch of frames that can't be read; the rest of it is dropped`));
+}
 
 // ---------------------------------------------------------------------------------------------
 // The hub side: every IPC child of this process, watched from the moment it is made.
@@ -126,6 +221,7 @@ class HubTransport implements Transport {
   private readonly members = new Map<MemberId, ChildLink>();
   private readonly idOf = new Map<ChildProcess, MemberId>();
   private readonly flow: FlowControl;
+  private readonly batches: Batcher;
   private open_ = false;
   /** An open bus holds the loop like a listening server; the hub has no handle of its own that would. */
   private keepAlive?: NodeJS.Timeout;
@@ -135,6 +231,10 @@ class HubTransport implements Transport {
     this.bus = ctx.busName;
     this.id = ctx.id;
     this.flow = new FlowControl(ctx.maxQueueBytes, (to, ack) => this.route(to, envelope('a', this.bus, { from: this.id, u: ack.u }), null), () => ctx.host.writable());
+    this.batches = new Batcher((to, batch) => {
+      const link = this.members.get(to);
+      if (link) post(link.child, envelope('F', this.bus, { from: this.id, d: toWire(batch, link.json), k: this.flow.piggyback(to)?.u }));
+    });
   }
 
   async open(): Promise<void> {
@@ -173,6 +273,7 @@ class HubTransport implements Transport {
     clearInterval(this.keepAlive);
     clearTimeout(this.aloneTimer);
     hubs.delete(this.bus);
+    this.batches.flush();
     this.flow.close();
     for (const { child } of this.members.values()) post(child, envelope('leave', this.bus, { id: this.id }));
     for (const { child } of this.members.values()) post(child, envelope('bye', this.bus));
@@ -185,15 +286,8 @@ class HubTransport implements Transport {
   }
 
   send(targets: readonly MemberId[], head: Uint8Array, body: Uint8Array): void {
-    const frame = Buffer.concat([head, body]);
-    let base64: string | undefined;
-    for (const to of targets) {
-      const link = this.members.get(to);
-      if (!link) continue;
-      const d = link.json ? (base64 ??= frame.toString('base64')) : frame;
-      const s = this.flow.sendTo(to, frame.length);
-      post(link.child, envelope('f', this.bus, { from: this.id, d, s, k: this.flow.piggyback(to)?.u }));
-    }
+    const size = head.length + body.length;
+    for (const to of targets) if (this.members.has(to)) this.batches.add(to, this.flow.sendTo(to, size), head, body);
   }
 
   queuedBytes(to: MemberId): number {
@@ -217,6 +311,11 @@ class HubTransport implements Transport {
         return this.hello(child, e);
       case 'bye':
         if (from !== undefined) this.remove(from);
+        return;
+      case 'F':
+        if (from === undefined || !isMemberId(e.to)) return;
+        if (e.to === this.id) takeBatch(this.flow, this.ctx.host, from, e.d, e.k);
+        else if (e.to !== from) this.route(e.to, envelope('F', this.bus, { from, d: e.d, k: e.k }), e.d);
         return;
       case 'f': {
         if (from === undefined) return;
@@ -283,9 +382,9 @@ class HubTransport implements Transport {
       return post(child, envelope('refuse', this.bus, { code: 'ERR_SHMBUS_DUPLICATE_ID', holder }));
     }
     const others = [this.id, ...[...this.members.keys()].filter((m) => m !== id)];
-    this.members.set(id, { child, json: e.json !== false });
+    this.members.set(id, { child, json: viaJson(e.p) });
     this.idOf.set(child, id);
-    post(child, envelope('welcome', this.bus, { ids: others }));
+    post(child, envelope('welcome', this.bus, { ids: others, p: PROBE }));
     for (const [m, link] of this.members) if (m !== id) post(link.child, envelope('join', this.bus, { id }));
     debug('process hub %s: %s joined', this.bus, id);
     this.ctx.host.join(id);
@@ -302,6 +401,7 @@ class HubTransport implements Transport {
     this.members.delete(id);
     this.idOf.delete(link.child);
     this.flow.forget(id);
+    this.batches.drop(id);
     for (const other of this.members.values()) post(other.child, envelope('leave', this.bus, { id }));
     debug('process hub %s: %s left', this.bus, id);
     this.ctx.host.leave(id);
@@ -340,7 +440,10 @@ class MemberTransport implements Transport {
   private readonly bus: string;
   private readonly members = new Set<MemberId>();
   private readonly flow: FlowControl;
+  private readonly batches: Batcher;
   private readonly handshakeTimeout: number;
+  /** Whether the channel to the hub is a JSON one (learnt from the welcome). */
+  private json = true;
   private joined = false;
   private closed = false;
   private onWelcome?: (err?: Error) => void;
@@ -350,6 +453,7 @@ class MemberTransport implements Transport {
   constructor(private readonly ctx: TransportContext) {
     this.bus = ctx.busName;
     this.flow = new FlowControl(ctx.maxQueueBytes, (to, ack) => post(process, envelope('a', this.bus, { to, u: ack.u })), () => ctx.host.writable());
+    this.batches = new Batcher((to, batch) => post(process, envelope('F', this.bus, { to, d: toWire(batch, this.json), k: this.flow.piggyback(to)?.u })));
     this.handshakeTimeout = handshakeTimeout(ctx);
   }
 
@@ -377,7 +481,7 @@ class MemberTransport implements Transport {
         resolve(err);
       };
     });
-    post(process, envelope('hello', this.bus, { id: this.ctx.id, json: thisChannelIsJson }));
+    post(process, envelope('hello', this.bus, { id: this.ctx.id, p: PROBE }));
     const err = await answered;
     if (err) {
       this.detach();
@@ -389,6 +493,7 @@ class MemberTransport implements Transport {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.batches.flush();
     post(process, envelope('bye', this.bus));
     this.detach();
     this.members.clear();
@@ -405,16 +510,15 @@ class MemberTransport implements Transport {
   }
 
   send(targets: readonly MemberId[], head: Uint8Array, body: Uint8Array): void {
-    const frame = Buffer.concat([head, body]);
-    const d = toWire(frame, thisChannelIsJson);
-    if (targets.length === 1) {
-      const to = targets[0];
-      const s = this.flow.sendTo(to, frame.length);
-      post(process, envelope('f', this.bus, { to, d, s, k: this.flow.piggyback(to)?.u }));
-    } else {
-      const s = targets.map((to) => this.flow.sendTo(to, frame.length));
-      post(process, envelope('f', this.bus, { to: [...targets], d, s }));
+    const size = head.length + body.length;
+    if (targets.length === 1 || size <= FANOUT_BYTES) {
+      for (const to of targets) this.batches.add(to, this.flow.sendTo(to, size), head, body);
+      return;
     }
+    // What waits in batches to these members goes first: frames to each arrive in order.
+    this.batches.flush();
+    const s = targets.map((to) => this.flow.sendTo(to, size));
+    post(process, envelope('f', this.bus, { to: [...targets], d: toWire(Buffer.concat([head, body]), this.json), s }));
   }
 
   queuedBytes(to: MemberId): number {
@@ -438,6 +542,7 @@ class MemberTransport implements Transport {
         const ids = Array.isArray(e.ids) ? e.ids.filter(isMemberId) : [];
         const late = this.onWelcome === undefined;
         this.joined = true;
+        this.json = viaJson(e.p);
         for (const id of ids) {
           if (id === this.ctx.id || this.members.has(id)) continue;
           this.members.add(id);
@@ -465,11 +570,15 @@ class MemberTransport implements Transport {
       case 'leave':
         if (isMemberId(e.id) && this.members.delete(e.id)) {
           this.flow.forget(e.id);
+          this.batches.drop(e.id);
           host.leave(e.id);
         }
         return;
       case 'bye':
         return this.hubGone();
+      case 'F':
+        if (isMemberId(e.from) && this.members.has(e.from)) takeBatch(this.flow, host, e.from, e.d, e.k);
+        return;
       case 'f': {
         if (!isMemberId(e.from) || !this.members.has(e.from)) return;
         const frame = fromWire(e.d);
@@ -492,6 +601,7 @@ class MemberTransport implements Transport {
     this.members.clear();
     for (const id of gone) {
       this.flow.forget(id);
+      this.batches.drop(id);
       this.ctx.host.leave(id);
     }
   }
