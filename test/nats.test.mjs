@@ -528,3 +528,23 @@ test('a NATS server restart: members reconnect, re-announce and go on', { skip: 
     kill(server);
   }
 });
+
+test('an unref()d bus lets its process exit while the NATS server is down', { skip: skip || (!natsServerPath() && 'nats-server is not installed'), timeout: 40_000 }, async () => {
+  const port = await freePort();
+  const server = await startServer(port);
+  let m;
+  try {
+    m = start(MEMBER, { BUS: busName(), SHMBUS_ID: 'u', MODE: 'unref-later', HOLD_MS: '1500', NATS_URL: `nats://127.0.0.1:${port}` });
+    await line(m, (l) => l.ready, 15_000);
+    const stopped = new Promise((resolve) => server.once('exit', resolve));
+    kill(server);
+    await stopped;
+    // The member's own timer ends with the server still down: only the unref()d bus is left.
+    await line(m, (l) => l.note === 'released', 10_000);
+    const end = await Promise.race([m.exited, sleep(10_000).then(() => 'still running 10 s later')]);
+    assert.deepEqual(end, { code: 0, signal: null }, `stdout lines: ${JSON.stringify(m.lines)}; stderr: ${m.stderrText}`);
+  } finally {
+    if (m) kill(m);
+    kill(server);
+  }
+});

@@ -40,6 +40,7 @@
  * noEcho is always true.
  */
 import { randomBytes } from 'node:crypto';
+import * as path from 'node:path';
 import { debuglog } from 'node:util';
 import { ShmbusError, duplicateId, invalidArg } from '../errors';
 import { isMemberId, show } from '../ids';
@@ -57,6 +58,12 @@ interface NatsMsg {
 }
 interface NatsSub {
   unsubscribe(): void;
+}
+/** The client internals that ref()/unref() reach. */
+interface ClientProtocol {
+  transport?: { socket?: { ref?(): void; unref?(): void } };
+  heartbeats?: { _schedule?: () => void; timer?: NodeJS.Timeout };
+  dialDelay?: (Promise<void> & { timer?: NodeJS.Timeout }) | null;
 }
 interface NatsConnection {
   info?: { max_payload: number };
@@ -92,6 +99,42 @@ const PAYLOAD_MARGIN = 64;
 const PROBE = 250;
 /** After this long without an acknowledgement while bytes are outstanding, ask the target where it is. */
 const SYNC_AFTER = 1000;
+
+let dialDelayTimers: boolean | undefined;
+
+/**
+ * The client waits between reconnect attempts with nats-core's delay(), whose timer it keeps to
+ * itself. Replaces it (once per process) with one that behaves the same and shows its timer, so
+ * that an unref()d bus can unref it. Returns whether that worked.
+ */
+function exposeDialDelayTimers(): boolean {
+  if (dialDelayTimers !== undefined) return dialDelayTimers;
+  dialDelayTimers = false;
+  try {
+    const core = require.resolve('@nats-io/nats-core', { paths: [require.resolve('@nats-io/transport-node')] });
+    const util = require(path.join(path.dirname(core), 'util.js')) as { delay?: unknown };
+    if (typeof util.delay !== 'function') return false;
+    util.delay = (ms = 0) => {
+      let timer: NodeJS.Timeout | undefined;
+      let done = (): void => undefined;
+      const wait = new Promise<void>((resolve) => {
+        done = resolve;
+        timer = setTimeout(resolve, ms);
+      });
+      return Object.assign(wait, {
+        timer,
+        cancel: () => {
+          clearTimeout(timer);
+          done();
+        },
+      });
+    };
+    dialDelayTimers = true;
+  } catch (err) {
+    debug('nats: the client\'s reconnect wait stays as it is: %s', (err as Error).message);
+  }
+  return dialDelayTimers;
+}
 
 /** The options of the `nats` section that are shmbus's own; the rest go to the NATS client. */
 const OWN_KEYS = ['heartbeatInterval', 'presenceTimeout', 'joinWindow', 'claimTimeout', 'subjectPrefix'];
@@ -520,25 +563,50 @@ class NatsTransport implements Transport {
     this.applyHold();
   }
 
-  /** The client's socket and its ping timer (client internals, reached with care) follow ref()/unref(). */
+  private get protocol(): ClientProtocol | undefined {
+    return (this.nc as unknown as { protocol?: ClientProtocol })?.protocol;
+  }
+
+  /**
+   * The client's socket, its ping timer and its wait between reconnect attempts (client
+   * internals, reached with care) follow ref()/unref().
+   */
   private applyHold(): void {
     const method = this.held ? 'ref' : 'unref';
     this.hbTimer?.[method]();
     this.sweepTimer?.[method]();
-    const protocol = (this.nc as unknown as { protocol?: { transport?: { socket?: { ref?(): void; unref?(): void } }; heartbeats?: { timer?: NodeJS.Timeout } } })?.protocol;
+    const protocol = this.protocol;
     protocol?.transport?.socket?.[method]?.();
     protocol?.heartbeats?.timer?.[method]?.();
+    protocol?.dialDelay?.timer?.[method]?.();
   }
 
-  /** The client re-arms its ping timer after every ping; keep the new one unref'd while unref'd. */
+  /**
+   * The client re-arms its ping timer after every ping, and makes a new wait after every failed
+   * reconnect attempt (so that a lost server would hold the process for ever): keep the new ones
+   * unref'd while unref'd.
+   */
   private patchClientTimers(): void {
-    const heartbeats = (this.nc as unknown as { protocol?: { heartbeats?: { _schedule?: () => void; timer?: NodeJS.Timeout } } })?.protocol?.heartbeats;
-    if (!heartbeats || typeof heartbeats._schedule !== 'function') return;
-    const schedule = heartbeats._schedule;
-    heartbeats._schedule = () => {
-      schedule.call(heartbeats);
-      if (!this.held) heartbeats.timer?.unref?.();
-    };
+    const protocol = this.protocol;
+    const heartbeats = protocol?.heartbeats;
+    if (heartbeats && typeof heartbeats._schedule === 'function') {
+      const schedule = heartbeats._schedule;
+      heartbeats._schedule = () => {
+        schedule.call(heartbeats);
+        if (!this.held) heartbeats.timer?.unref?.();
+      };
+    }
+    if (protocol && 'dialDelay' in protocol && exposeDialDelayTimers()) {
+      let dialDelay = protocol.dialDelay;
+      Object.defineProperty(protocol, 'dialDelay', {
+        configurable: true,
+        get: () => dialDelay,
+        set: (wait: ClientProtocol['dialDelay']) => {
+          dialDelay = wait;
+          if (!this.held) wait?.timer?.unref?.();
+        },
+      });
+    }
   }
 
   // -------------------------------------------------------------------------------------------
