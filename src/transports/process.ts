@@ -22,7 +22,9 @@ const debug = debuglog('shmbus');
 const TAG = '__shmbus';
 const PROTOCOL = 1;
 /** A batch this large goes at once, without waiting for the end of the turn. */
-const BATCH_BYTES = 1024 * 1024;
+const BATCH_BYTES = 16 * 1024;
+/** The size of the buffers batches are written in (a larger frame gets one of its own). */
+const SLAB_BYTES = 64 * 1024;
 /** A frame to several members larger than this goes once to the hub, which hands it to each. */
 const FANOUT_BYTES = 64 * 1024;
 /** In a batch every frame is u32 length, u32 sequence number, then the frame. */
@@ -82,43 +84,49 @@ function fromWire(d: unknown): Buffer | undefined {
 const PROBE = Buffer.of(1);
 const viaJson = (probe: unknown): boolean => !(probe instanceof Uint8Array);
 
-interface Batch {
-  buf: Buffer;
-  bytes: number;
+/** Where one target's batch is written: bytes [start, end) of a slab that later batches go on filling. */
+interface Lane {
+  slab: Buffer;
+  start: number;
+  end: number;
 }
 
 /**
  * Frames waiting, per target, for the end of this turn of the loop (a microtask: whatever the
  * code running now sends goes together), then handed to `post` as one batch per target. Frames
- * are copied in at once: the data was encoded at the call, and the caller may change it next.
+ * are copied in at once (the data was encoded at the call; the caller may change it next), into
+ * slabs of SLAB_BYTES that successive batches share, as Buffer's own pool does: a batch costs no
+ * allocation of its own, and no byte is copied twice.
  */
 class Batcher {
-  private readonly pending = new Map<MemberId, Batch>();
+  private readonly lanes = new Map<MemberId, Lane>();
+  private readonly pending = new Set<MemberId>();
   private scheduled = false;
   private readonly flushAll = (): void => {
     this.scheduled = false;
-    for (const [to, batch] of this.pending) this.flushOne(to, batch);
+    for (const to of this.pending) this.flushOne(to);
   };
 
   constructor(private readonly post: (to: MemberId, batch: Buffer) => void) {}
 
   add(to: MemberId, seq: number, head: Uint8Array, body: Uint8Array): void {
     const need = RECORD_HEAD + head.length + body.length;
-    let batch = this.pending.get(to);
-    if (!batch) this.pending.set(to, (batch = { buf: Buffer.allocUnsafe(Math.max(4096, need)), bytes: 0 }));
-    else if (batch.bytes + need > batch.buf.length) {
-      const grown = Buffer.allocUnsafe(Math.max(2 * batch.buf.length, batch.bytes + need));
-      batch.buf.copy(grown, 0, 0, batch.bytes);
-      batch.buf = grown;
+    let lane = this.lanes.get(to);
+    if (!lane || lane.end + need > lane.slab.length) {
+      // A new slab; the part of this batch already written moves with it.
+      const slab = Buffer.allocUnsafe(Math.max(SLAB_BYTES, need + (lane ? lane.end - lane.start : 0)));
+      const kept = lane ? lane.slab.copy(slab, 0, lane.start, lane.end) : 0;
+      this.lanes.set(to, (lane = { slab, start: 0, end: kept }));
     }
-    const { buf } = batch;
-    let at = batch.bytes;
-    buf.writeUInt32LE(head.length + body.length, at);
-    buf.writeUInt32LE(seq, at + 4);
-    buf.set(head, (at += RECORD_HEAD));
-    buf.set(body, at + head.length);
-    batch.bytes += need;
-    if (batch.bytes >= BATCH_BYTES) this.flushOne(to, batch);
+    const { slab } = lane;
+    let at = lane.end;
+    slab.writeUInt32LE(head.length + body.length, at);
+    slab.writeUInt32LE(seq, at + 4);
+    slab.set(head, (at += RECORD_HEAD));
+    slab.set(body, at + head.length);
+    lane.end += need;
+    this.pending.add(to);
+    if (lane.end - lane.start >= BATCH_BYTES) this.flushOne(to);
     else if (!this.scheduled) {
       this.scheduled = true;
       queueMicrotask(this.flushAll);
@@ -133,11 +141,16 @@ class Batcher {
   /** `to` is gone: what waits for it is dropped. */
   drop(to: MemberId): void {
     this.pending.delete(to);
+    this.lanes.delete(to);
   }
 
-  private flushOne(to: MemberId, batch: Batch): void {
+  private flushOne(to: MemberId): void {
     this.pending.delete(to);
-    this.post(to, batch.buf.subarray(0, batch.bytes));
+    const lane = this.lanes.get(to);
+    if (!lane || lane.end === lane.start) return;
+    const batch = lane.slab.subarray(lane.start, lane.end);
+    lane.start = lane.end;
+    this.post(to, batch);
   }
 }
 
