@@ -234,7 +234,7 @@ export class Bus {
 
   /** ERR_SHMBUS_UNKNOWN_PEER for `id`, naming (a few of) the members there are. */
   private unknownPeer(id: MemberId): ShmbusError {
-    const shown = 5;
+    const shown = 3;
     const peers = this.peers();
     const members = [this.id, ...peers.slice(0, shown)].map((m) => (m === this.id ? `${show(m)} (this one)` : show(m))).join(', ');
     const more = peers.length > shown ? ` and ${peers.length - shown} more` : '';
