@@ -366,7 +366,11 @@ class NatsTransport implements Transport {
       if (e?.name === 'InvalidArgumentError') {
         throw new ShmbusError('ERR_SHMBUS_INVALID_ARG', `nats: ${e.message}`, { cause: err });
       }
-      throw new ShmbusError('ERR_SHMBUS_TRANSPORT', `can't reach the NATS server at ${where}: ${e?.message ?? e}`, { cause: err });
+      throw new ShmbusError(
+        'ERR_SHMBUS_TRANSPORT',
+        `can't reach the NATS server at ${where}: ${e?.message ?? e}; start one there (nats-server), or point nats.servers at one that runs`,
+        { cause: err },
+      );
     }
   }
 
