@@ -130,7 +130,9 @@ int busdir_listen(int dirfd, const std::string& id, std::string* err) {
     close(fd);
     return -1;
   }
-  if (listen(fd, 128) != 0) {
+  // As deep a backlog as the system allows: a member that many join at once accepts them a
+  // loop iteration later, and a connect that finds the backlog full is retried.
+  if (listen(fd, SOMAXCONN) != 0) {
     *err = sys_error("listen " + name);
     close(fd);
     unlinkat(dirfd, name.c_str(), 0);
@@ -166,15 +168,13 @@ int busdir_connect(int dirfd, const std::string& id, int* error_number) {
     *error_number = ENAMETOOLONG;
     return -1;
   }
-  int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     *error_number = errno;
     return -1;
   }
-  // A Unix connect only waits when the listener's backlog is full; don't wait long for a
-  // member that is stuck.
-  struct timeval tv = {1, 0};
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  // A Unix connect completes at once or, on a non-blocking socket whose listener's backlog is
+  // full, fails with EAGAIN (the caller retries): it never blocks the loop.
   int r;
   do r = connect(fd, reinterpret_cast<struct sockaddr*>(&sa), len);
   while (r != 0 && errno == EINTR);
@@ -183,9 +183,6 @@ int busdir_connect(int dirfd, const std::string& id, int* error_number) {
     close(fd);
     return -1;
   }
-  struct timeval zero = {0, 0};
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &zero, sizeof zero);
-  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
   return fd;
 }
 

@@ -1,9 +1,13 @@
 #include "member.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -30,6 +34,22 @@ constexpr size_t kDrainBudget = size_t{4} << 20;
 // comes on top of the body).
 constexpr size_t kMessageSlack = size_t{64} << 10;
 
+// A link that failed to form is begun again after 10 ms, doubling up to 1 s.
+constexpr int64_t kRetryFirstMs = 10;
+constexpr int64_t kRetryMaxMs = 1000;
+
+int64_t now_ms() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1000000;
+}
+
+// Whether the other end of a connected socket has closed it.
+bool hung_up(int fd) {
+  struct pollfd p = {fd, POLLRDHUP, 0};
+  return ::poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
+}
+
 bool is_eventfd(int fd) {
   char path[64], target[64];
   std::snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
@@ -46,8 +66,8 @@ struct PeerLink {
   State state = kAccepting;
   uint32_t slot = 0;
   int fd = -1;
-  bool initial = false;  // begun by start(): open() waits for it
-  std::string id;        // the peer's id (known at once when we connect)
+  int64_t hello_deadline_ms = 0;  // accepting: closed if no HELLO came by then
+  std::string id;                 // the peer's id (known at once when we connect)
 
   int out_fd = -1;  // the memfd of the ring we produce into, until the handshake sent it
   void* out_base = nullptr;
@@ -114,18 +134,38 @@ Member::StartResult Member::start(const MemberOptions& options, std::string* err
     close();
     return kFailed;
   }
+  timer_fd_ = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+  if (timer_fd_ < 0) {
+    *err = std::string("timerfd: ") + std::strerror(errno);
+    close();
+    return kFailed;
+  }
   listen_fd_ = busdir_listen(dir_fd_, options.id, err);
   if (listen_fd_ < 0) {
     close();
     return kFailed;
   }
   reactor_.watch(bell_fd_, &bell_tag_);
+  reactor_.watch(timer_fd_, &timer_tag_);
   reactor_.watch(listen_fd_, &listen_tag_);
-  // Bound first, then listed: of two members joining at once, each sees the other.
+  // Bound first, then listed: of two members joining at once, at least one sees the other (and
+  // when both do, the tie rule in on_hello keeps one link).
   for (const std::string& id : busdir_list(dir_fd_)) {
-    if (id != options.id && up_.count(id) == 0 && connecting_.count(id) == 0) connect_to(id, true);
+    if (id == options.id || linked_or_linking(id)) continue;
+    initial_.insert(id);
+    connect_to(id);
   }
   return kStarted;
+}
+
+void Member::rescan() {
+  if (listen_fd_ < 0) return;
+  for (const std::string& id : busdir_list(dir_fd_))
+    if (id != options_.id && !linked_or_linking(id)) connect_to(id);
+}
+
+bool Member::linked_or_linking(const std::string& id) const {
+  return up_.count(id) != 0 || connecting_.count(id) != 0;
 }
 
 void Member::close() {
@@ -138,7 +178,13 @@ void Member::close() {
   while (!links_.empty()) destroy(links_.begin()->second.get());
   up_.clear();
   connecting_.clear();
-  initial_pending_ = 0;
+  initial_.clear();
+  retries_.clear();
+  if (timer_fd_ >= 0) {
+    reactor_.unwatch(timer_fd_, &timer_tag_);
+    ::close(timer_fd_);
+    timer_fd_ = -1;
+  }
   if (bell_fd_ >= 0) {
     reactor_.unwatch(bell_fd_, &bell_tag_);
     ::close(bell_fd_);
@@ -154,26 +200,33 @@ void Member::close() {
   }
 }
 
-PeerLink* Member::new_link(int fd, bool outgoing, const std::string& id, std::string* err) {
+PeerLink* Member::new_link(int fd, bool outgoing, const std::string& id) {
   auto link = std::make_unique<PeerLink>();
   link->fd = fd;
   link->id = id;
   link->state = outgoing ? PeerLink::kConnecting : PeerLink::kAccepting;
-  link->out_bytes = ring_mapping_bytes(options_.ring_capacity);
-  link->out_fd = segment_create("shmbus-ring", link->out_bytes, err);
-  if (link->out_fd < 0) return nullptr;
-  link->out_base = segment_map(link->out_fd, link->out_bytes, err);
-  if (link->out_base == nullptr) {
-    ::close(link->out_fd);
-    return nullptr;
-  }
-  ring_init(link->out_base, options_.ring_capacity);
-  link->producer.attach(link->out_base, options_.ring_capacity);
   link->slot = next_slot_++;
   PeerLink* p = link.get();
   links_[p->slot] = std::move(link);
   reactor_.watch(fd, p);
   return p;
+}
+
+// The ring we produce into; an accepted connection gets one only once its HELLO is good, so
+// that a connection that never speaks costs an fd and nothing more.
+bool Member::create_out_ring(PeerLink* link, std::string* err) {
+  link->out_bytes = ring_mapping_bytes(options_.ring_capacity);
+  link->out_fd = segment_create("shmbus-ring", link->out_bytes, err);
+  if (link->out_fd < 0) return false;
+  link->out_base = segment_map(link->out_fd, link->out_bytes, err);
+  if (link->out_base == nullptr) {
+    ::close(link->out_fd);
+    link->out_fd = -1;
+    return false;
+  }
+  ring_init(link->out_base, options_.ring_capacity);
+  link->producer.attach(link->out_base, options_.ring_capacity);
+  return true;
 }
 
 void Member::destroy(PeerLink* link) {
@@ -186,24 +239,35 @@ void Member::destroy(PeerLink* link) {
   links_.erase(link->slot);
 }
 
-void Member::connect_to(const std::string& id, bool initial) {
+void Member::connect_to(const std::string& id) {
   int error_number = 0;
   int fd = busdir_connect(dir_fd_, id, &error_number);
   if (fd < 0) {
-    // Refused: a socket file left by a member that died. Remove it unless its id is held.
-    if (error_number == ECONNREFUSED) busdir_reap(dir_fd_, id);
+    if (error_number == ECONNREFUSED) {
+      // Nobody listens there: a socket file left by a member that died (removed unless its id
+      // is held), or a member between bind and listen, which lists after it listens and so
+      // links to us itself.
+      busdir_reap(dir_fd_, id);
+      give_up(id);
+    } else if (error_number == ENOENT || error_number == ENAMETOOLONG) {
+      give_up(id);  // it left
+    } else {
+      retry_later(id);  // a full backlog (EAGAIN), out of fds: not the member's last word
+    }
     return;
   }
   std::string err;
   if (!peer_uid_ok(fd, &err)) {
     ::close(fd);
     events_.error(id, "member " + id + " not linked: " + err);
+    give_up(id);
     return;
   }
-  PeerLink* link = new_link(fd, true, id, &err);
-  if (link == nullptr) {
-    ::close(fd);
+  PeerLink* link = new_link(fd, true, id);
+  if (!create_out_ring(link, &err)) {
+    destroy(link);
     events_.error(id, "member " + id + " not linked: " + err);
+    give_up(id);
     return;
   }
   Hello h;
@@ -212,24 +276,89 @@ void Member::connect_to(const std::string& id, bool initial) {
   h.id = options_.id;
   if (!hello_send(fd, h, link->out_fd, bell_fd_, &err)) {
     destroy(link);
+    retry_later(id);
     return;
   }
   connecting_[id] = link;
-  if (initial) {
-    link->initial = true;
-    initial_pending_++;
-  }
 }
 
-void Member::resolve_initial(PeerLink* link) {
-  if (!link->initial) return;
-  link->initial = false;
-  if (initial_pending_ > 0 && --initial_pending_ == 0) events_.ready();
+void Member::retry_later(const std::string& id) {
+  Retry& r = retries_[id];
+  int64_t delay = std::min(kRetryMaxMs, kRetryFirstMs << std::min(r.attempts, 10));
+  r.attempts++;
+  r.due_ms = now_ms() + delay;
+  arm_timer();
+}
+
+// The member is gone or can't be linked: open() waits for it no longer.
+void Member::give_up(const std::string& id) {
+  retries_.erase(id);
+  if (initial_.erase(id) != 0 && initial_.empty()) events_.ready();
+}
+
+void Member::arm_timer() {
+  if (timer_fd_ < 0) return;
+  int64_t due = 0;
+  for (auto& e : retries_)
+    if (e.second.due_ms != 0 && (due == 0 || e.second.due_ms < due)) due = e.second.due_ms;
+  for (auto& e : links_) {
+    int64_t d = e.second->hello_deadline_ms;
+    if (d != 0 && (due == 0 || d < due)) due = d;
+  }
+  struct itimerspec its = {};
+  if (due != 0) {
+    int64_t wait = std::max<int64_t>(1, due - now_ms());
+    its.it_value.tv_sec = wait / 1000;
+    its.it_value.tv_nsec = (wait % 1000) * 1000000;
+  }
+  timerfd_settime(timer_fd_, 0, &its, nullptr);
+}
+
+void Member::on_timer() {
+  uint64_t expirations;
+  ssize_t n = read(timer_fd_, &expirations, sizeof expirations);
+  (void)n;
+  int64_t now = now_ms();
+  std::vector<uint32_t> silent;
+  for (auto& e : links_) {
+    const PeerLink* link = e.second.get();
+    if (link->state == PeerLink::kAccepting && link->hello_deadline_ms != 0 &&
+        link->hello_deadline_ms <= now)
+      silent.push_back(e.first);
+  }
+  for (uint32_t slot : silent) {
+    // Its HELLO may have come in this very loop iteration: read before closing.
+    auto it = links_.find(slot);
+    if (it != links_.end()) on_link(it->second.get());
+    it = links_.find(slot);
+    if (it != links_.end() && it->second->state == PeerLink::kAccepting) drop(it->second.get());
+  }
+  std::vector<std::string> due;
+  for (auto& e : retries_)
+    if (e.second.due_ms != 0 && e.second.due_ms <= now) due.push_back(e.first);
+  for (const std::string& id : due) {
+    retries_[id].due_ms = 0;  // begun; connect_to() schedules it again if it fails
+    if (!linked_or_linking(id)) connect_to(id);
+  }
+  arm_timer();
+}
+
+// Takes every connection waiting in the backlog and reads the HELLOs already there.
+void Member::accept_waiting() {
+  on_listen();
+  std::vector<uint32_t> accepting;
+  for (auto& e : links_)
+    if (e.second->state == PeerLink::kAccepting) accepting.push_back(e.first);
+  for (uint32_t slot : accepting) {
+    auto it = links_.find(slot);
+    if (it != links_.end()) on_link(it->second.get());
+  }
 }
 
 void Member::on_readable(void* tag) {
   if (tag == &listen_tag_) return on_listen();
   if (tag == &bell_tag_) return on_doorbell();
+  if (tag == &timer_tag_) return on_timer();
   on_link(static_cast<PeerLink*>(tag));
 }
 
@@ -246,10 +375,8 @@ void Member::on_listen() {
       events_.error("", "connection refused: " + err);
       continue;
     }
-    if (new_link(fd, false, "", &err) == nullptr) {
-      ::close(fd);
-      events_.error("", "connection refused: " + err);
-    }
+    new_link(fd, false, "")->hello_deadline_ms = now_ms() + options_.hello_timeout_ms;
+    arm_timer();
   }
 }
 
@@ -313,21 +440,31 @@ bool Member::on_hello(PeerLink* link, const Hello& h, int* fds, int nfds, std::s
     return fail(kRefuseBadHello, "bad handshake: " + err, true);
   }
   if (h.kind != kHello || h.id == options_.id) return fail(kRefuseBadHello, "bad handshake", true);
+  link->hello_deadline_ms = 0;
   auto c = connecting_.find(h.id);
   if (c != connecting_.end()) {
-    // Both connected at once: the link begun by the lower id wins.
+    // Both connected at once: the link begun by the lower id wins. The loser learns it from
+    // the REFUSE, and then finds the winner's HELLO already in its backlog.
     if (id_compare(h.id, options_.id) > 0) return fail(kRefuseDuplicateLink, "", false);
     PeerLink* mine = c->second;
     connecting_.erase(c);
-    link->initial = mine->initial;
-    mine->initial = false;
     destroy(mine);
   }
   auto u = up_.find(h.id);
-  if (u != up_.end()) drop(u->second);  // it restarted; the old link is dead
+  if (u != up_.end()) {
+    // A member that restarted has closed its old link before it could take its id again. An
+    // old link still open means this one is the loser of a tie that the peer has already
+    // settled (it closed this connection when it took ours): keep the link that is up.
+    if (!hung_up(u->second->fd)) return fail(kRefuseDuplicateLink, "", false);
+    drop(u->second);
+  }
   if (nfds != 2) return fail(kRefuseBadHello, "handshake without ring and doorbell", true);
   std::string why;
   if (!attach_peer_ring(link, h.ring_bytes, fds[0], fds[1], &why)) {
+    nfds = 0;
+    return fail(kRefuseBadHello, "member " + h.id + " not linked: " + why, true);
+  }
+  if (!create_out_ring(link, &why)) {
     nfds = 0;
     return fail(kRefuseBadHello, "member " + h.id + " not linked: " + why, true);
   }
@@ -351,20 +488,38 @@ bool Member::on_welcome(PeerLink* link, const Hello& h, int* fds, int nfds, std:
     return false;
   };
   if (!err.empty()) {
-    if (h.version != kProtocolVersion) return fail(version_text(link->id, h.version));
-    return fail("member " + link->id + " not linked: bad handshake: " + err);
+    std::string id = link->id;
+    fail(h.version != kProtocolVersion ? version_text(id, h.version)
+                                       : "member " + id + " not linked: bad handshake: " + err);
+    give_up(id);
+    return false;
   }
   if (h.kind == kRefuse) {
-    if (h.code == kRefuseDuplicateLink) return fail("");  // its own link to us wins
-    return fail("member " + link->id + " refused the link: " + h.text);
+    if (h.code == kRefuseDuplicateLink) {
+      // Its own link to us wins: its HELLO is in our backlog. Should it not be (a restarted
+      // member whose old link the peer has not seen close yet), connect again shortly.
+      fail("");  // schedules the retry
+      accept_waiting();
+      return false;
+    }
+    std::string id = link->id;
+    fail("member " + id + " refused the link: " + h.text);
+    give_up(id);
+    return false;
   }
-  if (h.kind != kWelcome || h.id != link->id)
-    return fail("member " + link->id + " not linked: it answered as " + h.id);
-  if (nfds != 2) return fail("member " + link->id + " not linked: no ring in its answer");
+  std::string id = link->id;
   std::string why;
-  if (!attach_peer_ring(link, h.ring_bytes, fds[0], fds[1], &why)) {
+  if (h.kind != kWelcome || h.id != id) {
+    why = "it answered as " + h.id;
+  } else if (nfds != 2) {
+    why = "no ring in its answer";
+  } else if (!attach_peer_ring(link, h.ring_bytes, fds[0], fds[1], &why)) {
     nfds = 0;
-    return fail("member " + link->id + " not linked: " + why);
+  }
+  if (!why.empty()) {
+    fail("member " + id + " not linked: " + why);
+    give_up(id);
+    return false;
   }
   connecting_.erase(link->id);
   auto u = up_.find(link->id);
@@ -402,15 +557,17 @@ bool Member::bring_up(PeerLink* link) {
   link->out_fd = -1;
   link->state = PeerLink::kUp;
   up_[link->id] = link;
+  retries_.erase(link->id);
   events_.link_up(link->slot, link->id);
-  if (drain_link(link) < 0) {
-    events_.error(link->id, "ring from member " + link->id + " is corrupt (" +
-                                link->consumer.error() + "); link closed");
+  std::string id = link->id;
+  bool ok = drain_link(link) >= 0;
+  if (!ok) {
+    events_.error(id, "ring from member " + id + " is corrupt (" + link->consumer.error() +
+                          "); link closed");
     drop(link);
-    return false;
   }
-  resolve_initial(link);
-  return true;
+  give_up(id);  // linked: open() waits for it no longer
+  return ok;
 }
 
 void Member::drop(PeerLink* link) {
@@ -423,11 +580,20 @@ void Member::drop(PeerLink* link) {
     if (link->consumer.assembling()) events_.drop_large(link->slot);
     events_.link_down(link->slot, link->id);
     busdir_reap(dir_fd_, link->id);
-  } else if (link->state == PeerLink::kConnecting) {
-    auto c = connecting_.find(link->id);
-    if (c != connecting_.end() && c->second == link) connecting_.erase(c);
+    destroy(link);
+    return;
   }
-  resolve_initial(link);
+  if (link->state == PeerLink::kConnecting) {
+    // Cut short before it answered: it died (the retry finds its socket gone or refusing), or
+    // it dropped a connection it could not take yet.
+    auto c = connecting_.find(link->id);
+    bool current = c != connecting_.end() && c->second == link;
+    if (current) connecting_.erase(c);
+    std::string id = link->id;
+    destroy(link);
+    if (current) retry_later(id);
+    return;
+  }
   destroy(link);
 }
 

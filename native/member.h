@@ -8,6 +8,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -50,6 +51,9 @@ struct MemberOptions {
   // Ask the consumer for a wake-up once this many bytes are queued for it (the bus's drain()
   // threshold), as well as whenever messages wait outside the ring.
   uint64_t notify_bytes = uint64_t{32} << 20;
+  // A connection that has not sent its HELLO by then is closed: a process that connects and
+  // never speaks must not hold a slot.
+  int hello_timeout_ms = 5000;
 };
 
 struct PeerLink;
@@ -65,8 +69,11 @@ class Member {
   // Joins the bus: takes the id, binds, lists the directory and begins a link to every member.
   // Makes no event callback itself.
   StartResult start(const MemberOptions& options, std::string* err);
-  // Links begun by start() not yet up or gone; ready() fires when this reaches 0.
-  size_t initial_pending() const { return initial_pending_; }
+  // Members found by start() not yet linked or gone; ready() fires when this reaches 0.
+  size_t initial_pending() const { return initial_.size(); }
+  // Lists the directory again and begins a link to every member listed that has none (start()
+  // does this once; tests use it to have two members connect to each other at once).
+  void rescan();
   // Leaves the bus and frees everything. Makes no event callback. Idempotent.
   void close();
   bool open() const { return lock_fd_ >= 0; }
@@ -92,10 +99,17 @@ class Member {
   int doorbell_fd() const { return bell_fd_; }
 
  private:
-  PeerLink* new_link(int fd, bool outgoing, const std::string& id, std::string* err);
-  void connect_to(const std::string& id, bool initial);
+  PeerLink* new_link(int fd, bool outgoing, const std::string& id);
+  bool create_out_ring(PeerLink* link, std::string* err);
+  void connect_to(const std::string& id);
+  void retry_later(const std::string& id);
+  void give_up(const std::string& id);
+  bool linked_or_linking(const std::string& id) const;
   void on_listen();
   void on_doorbell();
+  void on_timer();
+  void arm_timer();
+  void accept_waiting();
   void on_link(PeerLink* link);
   bool on_hello(PeerLink* link, const struct Hello& h, int* fds, int nfds, std::string err);
   bool on_welcome(PeerLink* link, const struct Hello& h, int* fds, int nfds, std::string err);
@@ -106,7 +120,6 @@ class Member {
   void drop(PeerLink* link);  // closes a link; reports link_down if it was up
   int drain_link(PeerLink* link);  // records read, or -1 if the ring is corrupt
   bool flush_overflow(PeerLink* link);
-  void resolve_initial(PeerLink* link);
   void destroy(PeerLink* link);
   std::vector<uint8_t> spare(size_t bytes);
   void recycle(std::vector<uint8_t>&& bytes);
@@ -118,10 +131,19 @@ class Member {
   int lock_fd_ = -1;
   int listen_fd_ = -1;
   int bell_fd_ = -1;
+  int timer_fd_ = -1;
   char listen_tag_ = 0;
   char bell_tag_ = 0;
+  char timer_tag_ = 0;
   uint32_t next_slot_ = 1;
-  size_t initial_pending_ = 0;
+  std::set<std::string> initial_;  // ids found by start() and not yet linked or given up
+  struct Retry {
+    int64_t due_ms = 0;
+    int attempts = 0;
+  };
+  // Links that failed to form (a full backlog, a handshake cut short, a tie whose winner has not
+  // connected yet), begun again at due_ms.
+  std::map<std::string, Retry> retries_;
   std::map<uint32_t, std::unique_ptr<PeerLink>> links_;  // every link, by slot
   std::map<std::string, PeerLink*> up_;                  // links that are up, by peer id
   std::map<std::string, PeerLink*> connecting_;          // our HELLO sent, no answer yet

@@ -10,8 +10,10 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -53,6 +55,7 @@ struct Node : Reactor, MemberEvents {
   }
   void end_large(uint32_t slot) override { got[up[slot]].push_back(large); }
   void drop_large(uint32_t) override { large.clear(); }
+  std::string member_id;
   Member member{*this, *this};  // last: it unwatches its fds as it goes
   uint32_t slot_of(const std::string& id) {
     for (auto& e : up)
@@ -222,6 +225,160 @@ void test_tie() {
   CHECK(system(cmd.c_str()) == 0);
 }
 
+// One step of a random interleaving of the members of a bus: one member, picked at random, takes
+// the fds that are ready now in a random order, then polls its rings. A member that is not
+// picked is one that the scheduler left waiting, as a loaded machine does.
+void random_step(std::vector<Node*>& nodes, std::mt19937& rng) {
+  Node* n = nodes[rng() % nodes.size()];
+  if (!n->member.open()) return;
+  std::vector<struct pollfd> pfds;
+  std::vector<void*> tags;
+  for (auto& e : n->fds) {
+    pfds.push_back({e.first, POLLIN, 0});
+    tags.push_back(e.second);
+  }
+  poll(pfds.data(), pfds.size(), 0);
+  std::vector<size_t> ready;
+  for (size_t i = 0; i < pfds.size(); i++)
+    if (pfds[i].revents != 0) ready.push_back(i);
+  std::shuffle(ready.begin(), ready.end(), rng);
+  for (size_t i : ready) {
+    auto it = n->fds.find(pfds[i].fd);
+    if (it != n->fds.end() && it->second == tags[i]) n->member.on_readable(tags[i]);
+  }
+  n->member.poll();
+  n->member.park();
+}
+
+bool linked_all(std::vector<Node*>& nodes) {
+  for (Node* n : nodes)
+    for (Node* m : nodes)
+      if (n != m && n->slot_of(m->member_id) == 0) return false;
+  return true;
+}
+
+// Members that list each other at once all connect to each other at once; whatever order their
+// loops then run in, every pair ends up with one link, up at both ends, and stays so. (Each
+// member lists the directory once more after all have bound, as happens when all bind before
+// any lists.)
+void test_join_at_once() {
+  std::string err;
+  for (int trial = 0; trial < 600; trial++) {
+    std::mt19937 rng(trial);
+    std::string dir = make_dir();
+    {
+      int members = 2 + trial % 3;
+      std::vector<std::unique_ptr<Node>> owned;
+      std::vector<Node*> nodes;
+      for (int i = 0; i < members; i++) {
+        owned.push_back(std::make_unique<Node>());
+        nodes.push_back(owned.back().get());
+        nodes.back()->member_id = std::to_string(3 + 2 * i);
+        CHECK(nodes.back()->member.start(options(dir, nodes.back()->member_id), &err) ==
+              Member::kStarted);
+      }
+      for (Node* n : nodes) n->member.rescan();
+      int steps = 0;
+      while (!linked_all(nodes) && steps < 20000) {
+        random_step(nodes, rng);
+        steps++;
+        if (steps % 2000 == 0) usleep(2000);  // a retry waits on its timer
+      }
+      if (!linked_all(nodes)) {
+        for (Node* n : nodes) {
+          std::fprintf(stderr, "trial %d member %s links:", trial, n->member_id.c_str());
+          for (auto& e : n->up) std::fprintf(stderr, " %s", e.second.c_str());
+          std::fprintf(stderr, "\n");
+        }
+      }
+      CHECK(linked_all(nodes));
+      for (int i = 0; i < 200; i++) random_step(nodes, rng);
+      CHECK(linked_all(nodes));
+      for (Node* n : nodes) {
+        CHECK(n->up.size() == nodes.size() - 1);
+        CHECK(n->errors.empty() && n->downs.empty());
+        CHECK(n->is_ready || n->member.initial_pending() == 0);
+      }
+    }
+    std::string cmd = "rm -rf " + dir;
+    CHECK(system(cmd.c_str()) == 0);
+  }
+}
+
+// A connection that never sends its HELLO is closed after hello_timeout_ms, and costs nothing
+// after; a connect that finds the member's backlog full is retried until it gets through.
+void test_silent_and_full_backlog() {
+  const int fds_before = count_fds();
+  std::string dir = make_dir();
+  std::string err;
+  {
+    Node a;
+    MemberOptions o = options(dir, "1");
+    o.hello_timeout_ms = 100;
+    CHECK(a.member.start(o, &err) == Member::kStarted);
+    const int fds_started = count_fds();
+    std::vector<int> silent;
+    for (int i = 0; i < 20; i++) silent.push_back(raw_connect(dir, "1"));
+    run_until({&a}, [&] {
+      for (int s : silent)
+        if (!readable(s, 0)) return false;
+      return true;
+    });
+    char c;
+    for (int s : silent) {
+      CHECK(recv(s, &c, 1, MSG_DONTWAIT) == 0);  // closed by a
+      close(s);
+    }
+    CHECK(count_fds() == fds_started);
+    CHECK(a.errors.empty() && a.up.empty());
+
+    // b's listener takes one connection at most; fill it, then have a connect to b.
+    FakePeer b(dir, "2");
+    CHECK(listen(b.listen_fd, 0) == 0);
+    std::vector<int> fillers;
+    for (int i = 0; i < 8; i++) {
+      int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+      struct sockaddr_un sa = {};
+      sa.sun_family = AF_UNIX;
+      std::snprintf(sa.sun_path, sizeof sa.sun_path, "%s/2.sock", dir.c_str());
+      if (connect(s, reinterpret_cast<struct sockaddr*>(&sa), sizeof sa) != 0) {
+        CHECK(errno == EAGAIN);
+        close(s);
+        break;
+      }
+      fillers.push_back(s);
+    }
+    CHECK(!fillers.empty() && fillers.size() < 8);
+    a.member.rescan();
+    CHECK(a.member.initial_pending() == 0);
+    for (int i = 0; i < 5; i++) turn({&a});  // a few retries that find the backlog full
+    for (size_t i = 0; i < fillers.size(); i++) {
+      int s = accept(b.listen_fd, nullptr, nullptr);
+      CHECK(s >= 0);
+      close(s);
+      close(fillers[i]);
+    }
+    int from_a = -1;
+    run_until({&a}, [&] {
+      if (from_a < 0 && readable(b.listen_fd, 0)) from_a = accept(b.listen_fd, nullptr, nullptr);
+      return from_a >= 0 && readable(from_a, 0);
+    });
+    Hello hello;
+    int got[2], n;
+    CHECK(hello_recv(from_a, &hello, got, &n, &err) == kRecvMessage && hello.kind == kHello &&
+          hello.id == "1");
+    for (int i = 0; i < n; i++) close(got[i]);
+    CHECK(b.send(from_a, kWelcome));
+    run_until({&a}, [&] { return a.slot_of("2") != 0; });
+    close(from_a);
+    run_until({&a}, [&] { return a.downs.size() == 1; });
+    CHECK(a.errors.empty());
+  }
+  CHECK(count_fds() == fds_before);
+  std::string cmd = "rm -rf " + dir;
+  CHECK(system(cmd.c_str()) == 0);
+}
+
 void test_bus() {
   const int fds_before = count_fds();
   std::string dir = make_dir();
@@ -385,6 +542,8 @@ void test_ids() {
 int main() {
   test_ids();
   test_tie();
+  test_join_at_once();
+  test_silent_and_full_backlog();
   test_bus();
   std::puts("member_test: ok");
   return 0;
