@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import * as path from 'node:path';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
+import { shmRuns } from './helpers/spawn.mjs';
 
 const root = path.join(path.dirname(fileURLToPath(import.meta.url)), '..');
 const cli = path.join(root, 'dist', 'cli', 'index.js');
@@ -18,17 +19,7 @@ function shmbus(args, timeout = 110_000) {
 }
 
 /** shm joins the run where the addon loads and a bus opens (under CI it must). */
-async function shmWorks() {
-  try {
-    const { open } = require(path.join(root, 'dist', 'index.js'));
-    const bus = await open({ name: `bench-probe-${process.pid}`, transport: 'shm', id: 0 });
-    await bus.close();
-    return true;
-  } catch (err) {
-    if (process.env.CI === 'true') throw err;
-    return false;
-  }
-}
+const shmWorks = shmRuns;
 
 test('bench --json prints one result per transport, codec and payload, and nothing else', async () => {
   const transports = ['process', 'ipc', 'uds'];

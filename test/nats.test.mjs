@@ -9,23 +9,13 @@ import { existsSync } from 'node:fs';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { open, ShmbusError } from 'shmbus';
+import { program, tcpAnswers } from './helpers/spawn.mjs';
 
 const NATS_URL = 'nats://127.0.0.1:4222';
 const MEMBER = fileURLToPath(new URL('./fixtures/nats-member.mjs', import.meta.url));
 const CLUSTER = fileURLToPath(new URL('./fixtures/nats-cluster.mjs', import.meta.url));
 
-function canConnect(port, host = '127.0.0.1', timeout = 1000) {
-  return new Promise((resolve) => {
-    const socket = net.connect(port, host);
-    const done = (ok) => {
-      socket.destroy();
-      resolve(ok);
-    };
-    socket.setTimeout(timeout, () => done(false));
-    socket.once('connect', () => done(true));
-    socket.once('error', () => done(false));
-  });
-}
+const canConnect = (port) => tcpAnswers(port, '127.0.0.1', 1000);
 
 const serverUp = await canConnect(4222);
 const NO_SERVER = 'no NATS server on 127.0.0.1:4222: start one (`nats-server -a 127.0.0.1`) to run the nats tests';
@@ -45,11 +35,13 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 // ---------------------------------------------------------------------------------------------
 // Member programs
 
+/** nats-servers this file started (members are killed by the spawn helper). */
 const live = new Set();
 process.on('exit', () => {
   for (const child of live) kill(child);
 });
 
+/** Kills a program's or a server's whole process group. */
 function kill(child, signal = 'SIGKILL') {
   try {
     process.kill(-child.pid, signal);
@@ -58,66 +50,11 @@ function kill(child, signal = 'SIGKILL') {
   }
 }
 
-/** Starts a program (its own process group), collecting its JSON lines. */
-function start(file, env) {
-  const childEnv = { ...process.env, NATS_URL, ...env };
-  delete childEnv.NODE_TEST_CONTEXT;
-  delete childEnv.SHMBUS_TRANSPORT;
-  const child = spawn(process.execPath, [file], { stdio: ['ignore', 'pipe', 'pipe'], detached: true, env: childEnv });
-  live.add(child);
-  child.lines = [];
-  child.stderrText = '';
-  child.waiters = [];
-  let buffer = '';
-  child.stdout.setEncoding('utf8').on('data', (text) => {
-    buffer += text;
-    let at;
-    while ((at = buffer.indexOf('\n')) >= 0) {
-      const line = buffer.slice(0, at);
-      buffer = buffer.slice(at + 1);
-      if (!line.startsWith('{')) continue;
-      try {
-        child.lines.push(JSON.parse(line));
-      } catch {
-        continue;
-      }
-      for (const w of [...child.waiters]) w();
-    }
-  });
-  child.stderr.setEncoding('utf8').on('data', (text) => (child.stderrText += text));
-  child.exited = new Promise((resolve) => child.once('exit', (code, signal) => {
-    live.delete(child);
-    resolve({ code, signal });
-    for (const w of [...child.waiters]) w();
-  }));
-  return child;
-}
+/** Starts a program, collecting its JSON lines (test/helpers/spawn.mjs). */
+const start = (file, env) => program(file, { env: { NATS_URL, SHMBUS_TRANSPORT: undefined, ...env } });
 
 /** Resolves the first line of `child` that `match` accepts. */
-function line(child, match, timeout = 10_000) {
-  return new Promise((resolve, reject) => {
-    const check = () => {
-      const found = child.lines.find(match);
-      if (found) {
-        finish();
-        resolve(found);
-      } else if (child.exitCode !== null || child.signalCode !== null) {
-        finish();
-        reject(new Error(`the program exited (${child.exitCode ?? child.signalCode}) without that line; stdout lines: ${JSON.stringify(child.lines)}; stderr: ${child.stderrText}`));
-      }
-    };
-    const timer = setTimeout(() => {
-      finish();
-      reject(new Error(`no such line within ${timeout} ms; lines: ${JSON.stringify(child.lines)}; stderr: ${child.stderrText}`));
-    }, timeout);
-    const finish = () => {
-      clearTimeout(timer);
-      child.waiters.splice(child.waiters.indexOf(check), 1);
-    };
-    child.waiters.push(check);
-    check();
-  });
-}
+const line = (child, match, timeout = 10_000) => child.line(match, timeout);
 
 /** Starts test/fixtures/nats-member.mjs as member `id` on `bus` and waits until its bus is open. */
 async function member(bus, id, env = {}) {
@@ -435,7 +372,7 @@ test('an open bus keeps the process alive until unref(); after close() the proce
     assert.equal((await unrefd.exited).code, 0);
     assert.equal((await closed.exited).code, 0);
     await sleep(1000);
-    assert.equal(kept.exitCode, null, 'a bus that is open and ref\'d let its process exit');
+    assert.equal(kept.exit, undefined, 'a bus that is open and ref\'d let its process exit');
   } finally {
     kill(kept);
   }

@@ -9,6 +9,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { open } from 'shmbus';
+import { program, shmRuns } from './helpers/spawn.mjs';
 
 const FIXTURE = fileURLToPath(new URL('./fixtures/shm-member.mjs', import.meta.url));
 const isRoot = process.getuid?.() === 0;
@@ -16,60 +17,17 @@ let root;
 let runs = 0;
 const children = new Set();
 
-/** Whether shm can run here at all (the addon built, Linux); under CI it must. */
-async function shmWorks() {
-  try {
-    const bus = await open({ name: `probe${process.pid}`, id: 'probe', transport: 'shm', shm: { dir: root } });
-    await bus.close();
-    return true;
-  } catch (err) {
-    if (process.env.CI === 'true') throw err;
-    return false;
-  }
-}
-
+const shmWorks = shmRuns;
 const busName = () => `t${process.pid}_${++runs}`;
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-/** Starts test/fixtures/shm-member.mjs as a program of its own; resolves once it has joined. */
+/** Starts test/fixtures/shm-member.mjs as a program of its own. */
 function member(bus, id, extraEnv = {}) {
-  const env = { ...process.env, SHMBUS_DIR: root, ...extraEnv };
-  delete env.NODE_TEST_CONTEXT;
-  const child = spawn(process.execPath, [FIXTURE, bus, String(id)], { env, stdio: ['ignore', 'pipe', 'inherit'] });
-  children.add(child);
-  child.on('exit', () => children.delete(child));
-  const lines = [];
-  const waiters = [];
-  let buffered = '';
-  child.stdout.setEncoding('utf8').on('data', (text) => {
-    buffered += text;
-    let nl;
-    while ((nl = buffered.indexOf('\n')) >= 0) {
-      lines.push(JSON.parse(buffered.slice(0, nl)));
-      buffered = buffered.slice(nl + 1);
-      for (const w of [...waiters]) w();
-    }
-  });
-  const m = {
-    child,
-    lines,
-    /** Resolves with the first line that `pred` accepts. */
-    line(pred, timeout = 5000) {
-      return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`no such line from ${id} in ${timeout} ms: ${JSON.stringify(lines)}`)), timeout);
-        const check = () => {
-          const found = lines.find(pred);
-          if (found === undefined) return;
-          clearTimeout(timer);
-          waiters.splice(waiters.indexOf(check), 1);
-          resolve(found);
-        };
-        waiters.push(check);
-        check();
-      });
-    },
-    exited: new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal }))),
-  };
+  const m = program(FIXTURE, { args: [bus, String(id)], env: { SHMBUS_DIR: root, ...extraEnv } });
+  children.add(m);
+  m.exited.then(() => children.delete(m));
+  const line = m.line;
+  m.line = (pred, timeout = 5000) => line(pred, timeout);
   return m;
 }
 
@@ -102,7 +60,7 @@ before(() => {
 });
 
 after(() => {
-  for (const child of children) child.kill('SIGKILL');
+  for (const m of children) m.kill('SIGKILL');
   fs.rmSync(root, { recursive: true, force: true });
 });
 
@@ -334,15 +292,11 @@ describe('shm transport', async () => {
 
   test('a member in a worker thread: terminate() takes it off the bus', async (t) => {
     if (!(await shmWorks())) return t.skip('the shm transport does not run here');
-    const env = { ...process.env, SHMBUS_DIR: root };
-    delete env.NODE_TEST_CONTEXT;
     const name = busName();
-    const child = spawn(process.execPath, [fileURLToPath(new URL('./fixtures/shm-worker.mjs', import.meta.url)), name], { env, stdio: ['ignore', 'pipe', 'inherit'] });
-    let out = '';
-    child.stdout.setEncoding('utf8').on('data', (text) => (out += text));
-    const code = await new Promise((resolve) => child.on('exit', resolve));
-    assert.equal(code, 0);
-    assert.deepEqual(JSON.parse(out), { echo: 'hi', gone: 'w', files: ['main.lock', 'main.sock'] });
+    const p = program(new URL('./fixtures/shm-worker.mjs', import.meta.url), { args: [name], env: { SHMBUS_DIR: root } });
+    const { code } = await p.exited;
+    assert.equal(code, 0, p.describe());
+    assert.deepEqual(p.lines, [{ echo: 'hi', gone: 'w', files: ['main.lock', 'main.sock'] }]);
   });
 
   test('an open bus keeps its process alive until unref()', async (t) => {
