@@ -37,6 +37,8 @@ constexpr size_t kMessageSlack = size_t{64} << 10;
 // A link that failed to form is begun again after 10 ms, doubling up to 1 s.
 constexpr int64_t kRetryFirstMs = 10;
 constexpr int64_t kRetryMaxMs = 1000;
+// A ring that traffic has grown goes back to its start size once it has been quiet this long.
+constexpr int64_t kRingTrimMs = 1000;
 
 int64_t now_ms() {
   struct timespec ts;
@@ -82,6 +84,8 @@ struct PeerLink {
   std::deque<PendingMessage> overflow;
   uint64_t overflow_bytes = 0;
   uint64_t last_queued = 0;
+  size_t ring_limit = 0;        // what of our ring the producer used when we last looked
+  uint64_t tail_at_trim = 0;    // our producer's index at the last trim_rings()
   bool notify = false;  // we asked the consumer to ring when it frees space
   bool broken = false;
 };
@@ -226,6 +230,7 @@ bool Member::create_out_ring(PeerLink* link, std::string* err) {
   }
   ring_init(link->out_base, options_.ring_capacity);
   link->producer.attach(link->out_base, options_.ring_capacity);
+  link->ring_limit = link->producer.limit();
   return true;
 }
 
@@ -305,6 +310,7 @@ void Member::arm_timer() {
     int64_t d = e.second->hello_deadline_ms;
     if (d != 0 && (due == 0 || d < due)) due = d;
   }
+  if (trim_due_ms_ != 0 && (due == 0 || trim_due_ms_ < due)) due = trim_due_ms_;
   struct itimerspec its = {};
   if (due != 0) {
     int64_t wait = std::max<int64_t>(1, due - now_ms());
@@ -340,7 +346,46 @@ void Member::on_timer() {
     retries_[id].due_ms = 0;  // begun; connect_to() schedules it again if it fails
     if (!linked_or_linking(id)) connect_to(id);
   }
+  if (trim_due_ms_ != 0 && trim_due_ms_ <= now) trim();
   arm_timer();
+}
+
+// A ring grew: make sure trim() looks at it once it goes quiet.
+void Member::note_growth(PeerLink* link) {
+  link->ring_limit = link->producer.limit();
+  schedule_trim();
+}
+
+void Member::schedule_trim() {
+  if (trim_due_ms_ != 0) return;
+  trim_due_ms_ = now_ms() + kRingTrimMs;
+  arm_timer();
+}
+
+// Rings that traffic grew and that nothing was written to since the last look go back to their
+// start size, their other pages given back, and once every link is quiet so do the kept
+// overflow buffers: memory follows traffic, not the member count.
+void Member::trim() {
+  bool grown = false, quiet = true;
+  for (auto& e : links_) {
+    PeerLink* link = e.second.get();
+    if (link->state != PeerLink::kUp) continue;
+    uint64_t tail = link->producer.tail();
+    bool idle = tail == link->tail_at_trim && link->overflow.empty();
+    quiet = quiet && idle;
+    bool wake = false;
+    if (idle && link->ring_limit > kRingStartBytes && link->producer.shrink(&wake))
+      link->ring_limit = link->producer.limit();
+    if (wake) doorbell_ring(link->peer_bell);
+    link->tail_at_trim = link->producer.tail();
+    if (link->ring_limit > kRingStartBytes) grown = true;
+  }
+  if (quiet) {
+    spares_.clear();
+    spare_bytes_ = 0;
+  }
+  trim_due_ms_ = 0;
+  if (grown || !spares_.empty()) schedule_trim();
 }
 
 // Takes every connection waiting in the backlog and reads the HELLOs already there.
@@ -627,6 +672,7 @@ bool Member::flush_overflow(PeerLink* link) {
       link->overflow.pop_front();
     }
     if (wrote && link->producer.commit()) doorbell_ring(link->peer_bell);
+    if (link->producer.limit() != link->ring_limit) note_growth(link);
     uint64_t q = link->producer.queued();
     if (q == ~uint64_t{0}) {
       link->broken = true;
@@ -710,6 +756,7 @@ Member::SendResult Member::send(uint32_t slot, const Part* parts, int nparts, si
     if (progress > 0 || st == RingProducer::kDone) {
       if (link->producer.commit()) doorbell_ring(link->peer_bell);
     }
+    if (link->producer.limit() != link->ring_limit) note_growth(link);
     if (st == RingProducer::kDone) {
       uint64_t q = link->producer.queued();
       if (q > link->last_queued) link->last_queued = q;
@@ -768,6 +815,7 @@ void Member::recycle(std::vector<uint8_t>&& bytes) {
   bytes.clear();
   spare_bytes_ += bytes.capacity();
   spares_.push_back(std::move(bytes));
+  schedule_trim();
 }
 
 int Member::reap(const std::string& id) {

@@ -110,6 +110,9 @@ class Member {
   void on_timer();
   void arm_timer();
   void accept_waiting();
+  void note_growth(PeerLink* link);
+  void schedule_trim();
+  void trim();
   void on_link(PeerLink* link);
   bool on_hello(PeerLink* link, const struct Hello& h, int* fds, int nfds, std::string err);
   bool on_welcome(PeerLink* link, const struct Hello& h, int* fds, int nfds, std::string err);
@@ -144,6 +147,7 @@ class Member {
   // Links that failed to form (a full backlog, a handshake cut short, a tie whose winner has not
   // connected yet), begun again at due_ms.
   std::map<std::string, Retry> retries_;
+  int64_t trim_due_ms_ = 0;  // when to look for grown rings gone quiet (0: none grown)
   std::map<uint32_t, std::unique_ptr<PeerLink>> links_;  // every link, by slot
   std::map<std::string, PeerLink*> up_;                  // links that are up, by peer id
   std::map<std::string, PeerLink*> connecting_;          // our HELLO sent, no answer yet

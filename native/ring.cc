@@ -1,5 +1,7 @@
 #include "ring.h"
 
+#include <sys/mman.h>
+
 #include <cstring>
 
 namespace shmbus {
@@ -55,8 +57,50 @@ void RingProducer::attach(void* base, size_t capacity) {
   hdr_ = static_cast<RingHeader*>(base);
   data_ = static_cast<uint8_t*>(base) + kRingHeaderBytes;
   capacity_ = capacity;
+  limit_ = capacity < kRingStartBytes ? capacity : kRingStartBytes;
   tail_ = head_cache_ = 0;
+  written_since_growth_ = pad_index_ = pad_bytes_ = 0;
   corrupt_ = false;
+}
+
+bool RingProducer::grow() {
+  if (limit_ >= capacity_ || written_since_growth_ < kRingGrowAfterLaps * limit_) return false;
+  limit_ *= 2;
+  written_since_growth_ = 0;
+  return true;
+}
+
+bool RingProducer::shrink(bool* wake) {
+  *wake = false;
+  if (limit_ <= kRingStartBytes || corrupt_ || !read_head() || head_cache_ != tail_) return false;
+  // Nothing in flight. A tail past the start size first jumps to the next lap with a PAD, so
+  // that what follows goes below the start size again; the PAD's header stays in memory until
+  // the consumer has read it, everything else past the start size is given back.
+  const size_t off = static_cast<size_t>(tail_ & (capacity_ - 1));
+  size_t pad_page = capacity_;
+  if (off > kRingStartBytes) {
+    put_header(data_ + off, static_cast<uint32_t>(capacity_ - off), kRecordPad);
+    pad_index_ = tail_;
+    pad_bytes_ = capacity_ - off;
+    tail_ += capacity_ - off;
+    *wake = commit();
+    pad_page = off;
+  }
+  release(kRingStartBytes, pad_page);
+  if (pad_page < capacity_) release(pad_page + kRecordHeader, capacity_);
+  limit_ = kRingStartBytes;
+  written_since_growth_ = 0;
+  return true;
+}
+
+// Gives back the whole pages within data bytes [from, to) (to the end of the mapping when `to`
+// is the ring's end).
+void RingProducer::release(size_t from, size_t to) {
+  const uintptr_t page = 4096;
+  uintptr_t base = reinterpret_cast<uintptr_t>(data_);
+  uintptr_t first = (base + from + page - 1) & ~(page - 1);
+  uintptr_t last = to == capacity_ ? (base + to + page - 1) & ~(page - 1) : (base + to) & ~(page - 1);
+  if (first < last) madvise(reinterpret_cast<void*>(first), last - first, MADV_REMOVE);
 }
 
 bool RingProducer::read_head() {
@@ -72,11 +116,14 @@ bool RingProducer::read_head() {
 }
 
 uint8_t* RingProducer::reserve(size_t min_bytes, size_t max_bytes, size_t* got) {
-  for (int attempt = 0; attempt < 2; attempt++) {
+  for (int attempt = 0; attempt < 3; attempt++) {
     if (attempt == 1 && !read_head()) return nullptr;
+    if (attempt == 2 && !grow()) return nullptr;
     size_t free = capacity_ - static_cast<size_t>(tail_ - head_cache_);
     size_t off = static_cast<size_t>(tail_ & (capacity_ - 1));
-    size_t contig = capacity_ - off;
+    // Records go below the limit; a tail already past it (the ring shrank) runs to the end.
+    size_t end = off <= limit_ ? limit_ : capacity_;
+    size_t contig = end - off;
     if (contig >= min_bytes) {
       if (free < min_bytes) continue;
       size_t n = max_bytes;
@@ -84,16 +131,22 @@ uint8_t* RingProducer::reserve(size_t min_bytes, size_t max_bytes, size_t* got) 
       if (n > free) n = free;
       n &= ~size_t{7};
       tail_ += n;
+      written_since_growth_ += n;
       *got = n;
       return data_ + off;
     }
-    if (free < contig + min_bytes) continue;
-    put_header(data_ + off, static_cast<uint32_t>(contig), kRecordPad);
-    tail_ += contig;
-    free -= contig;
+    size_t pad = capacity_ - off;
+    if (free < pad + min_bytes) continue;
+    put_header(data_ + off, static_cast<uint32_t>(pad), kRecordPad);
+    pad_index_ = tail_;
+    pad_bytes_ = pad;
+    tail_ += pad;
+    free -= pad;
     size_t n = max_bytes < free ? max_bytes : free;
+    if (n > limit_) n = limit_;
     n &= ~size_t{7};
     tail_ += n;
+    written_since_growth_ += n;
     *got = n;
     return data_;
   }
@@ -103,7 +156,7 @@ uint8_t* RingProducer::reserve(size_t min_bytes, size_t max_bytes, size_t* got) 
 RingProducer::Status RingProducer::write(const Part* parts, int nparts, size_t total,
                                          size_t* progress, size_t base) {
   if (corrupt_) return kCorrupt;
-  const size_t max_record = ring_max_record(capacity_);
+  const size_t max_record = ring_max_record(limit_);
   if (*progress == 0 && kRecordHeader + total <= max_record) {
     size_t need = align8(kRecordHeader + total), got;
     uint8_t* p = reserve(need, need, &got);
@@ -149,7 +202,9 @@ uint64_t RingProducer::queued() const {
   uint64_t h = load_sc(&hdr_->head);
   uint64_t published = load_acquire(&hdr_->tail);
   if ((h & 7) != 0 || h - head_cache_ > published - head_cache_) return ~uint64_t{0};
-  return tail_ - h;
+  uint64_t q = tail_ - h;
+  if (pad_bytes_ != 0 && pad_index_ - h < q) q -= pad_bytes_;
+  return q;
 }
 
 void RingProducer::want_space() { store_sc(&hdr_->producer_waiting, 1u); }

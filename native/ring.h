@@ -26,6 +26,12 @@ constexpr size_t kRingHeaderBytes = 1024;
 constexpr size_t kRingMinCapacity = 4096;
 constexpr size_t kRingMaxCapacity = size_t{1} << 30;
 constexpr size_t kRecordHeader = 8;
+// A producer starts by using only this much of its ring (wrapping early, with a PAD record to
+// the ring's end), so that rings with little traffic touch few pages; see RingProducer.
+constexpr size_t kRingStartBytes = size_t{64} << 10;
+// ...and doubles what it uses when it finds the ring full after this many times what it uses
+// has gone through it: a stream grows its ring, one large message does not.
+constexpr size_t kRingGrowAfterLaps = 16;
 
 struct RingHeader {
   alignas(128) uint32_t magic;
@@ -67,6 +73,10 @@ struct Part {
   size_t len;
 };
 
+// The producer uses the first `limit` bytes of the ring (kRingStartBytes at first, the whole ring
+// once traffic has grown it): where a record would not fit below the limit, a PAD record runs to
+// the ring's end. The consumer needs no notion of the limit (a PAD always ends at the ring's
+// end), and pages past it stay untouched until the ring grows.
 class RingProducer {
  public:
   enum Status { kDone, kFull, kCorrupt };
@@ -88,16 +98,32 @@ class RingProducer {
   // again afterwards: space freed just before the flag was set brings no wake-up.
   void want_space();
   bool corrupt() const { return corrupt_; }
+  // How much of the ring is in use (see above), and whether it has grown past the start.
+  size_t limit() const { return limit_; }
+  // The producer's own index: changes with every record written.
+  uint64_t tail() const { return tail_; }
+  // Back to kRingStartBytes, giving the pages past it back to the system, if the consumer has
+  // taken everything. false if it has not (nothing changes then). *wake: ring the consumer's
+  // doorbell (shrinking may publish a PAD record, and commit() took its parked flag).
+  bool shrink(bool* wake);
 
  private:
   uint8_t* reserve(size_t min_bytes, size_t max_bytes, size_t* got);
   bool read_head();
+  bool grow();
+  void release(size_t from, size_t to);
 
   RingHeader* hdr_ = nullptr;
   uint8_t* data_ = nullptr;
   size_t capacity_ = 0;
+  size_t limit_ = 0;
   uint64_t tail_ = 0;
   uint64_t head_cache_ = 0;
+  uint64_t written_since_growth_ = 0;
+  // The last PAD record: its index and length. A PAD is no queued data, and at most one is
+  // between head and tail (one per lap, at its end).
+  uint64_t pad_index_ = 0;
+  uint64_t pad_bytes_ = 0;
   bool corrupt_ = false;
 };
 

@@ -238,9 +238,111 @@ void test_fuzz_consumer() {
 
 }  // namespace
 
+// Pages of the mapping `base` (`bytes` long) from byte `from` on that are in memory.
+size_t resident_pages(void* base, size_t bytes, size_t from) {
+  size_t pages = (bytes + 4095) / 4096;
+  std::vector<unsigned char> v(pages);
+  CHECK(mincore(base, bytes, v.data()) == 0);
+  size_t n = 0;
+  for (size_t i = from / 4096; i < pages; i++) n += v[i] & 1;
+  return n;
+}
+
+// A ring with little traffic touches its first kRingStartBytes only, however long it runs; a
+// stream grows it to its whole size; shrink() once it is empty gives the pages back. PAD records
+// below the ring's end never count as queued bytes, and everything arrives in order.
+void test_growth() {
+  const size_t cap = 1 << 20;
+  Mapping m(cap);
+  RingProducer p;
+  RingConsumer c;
+  p.attach(m.a, cap);
+  c.attach(m.b, cap, 8 << 20);
+  CHECK(p.limit() == kRingStartBytes);
+  Collect sink;
+  uint32_t sent = 0, seen = 0;
+  auto check_got = [&] {
+    for (auto& g : sink.got) {
+      uint32_t seq;
+      std::memcpy(&seq, g.data(), 4);
+      CHECK(seq == seen);
+      CHECK(g == pattern(g.size(), seq));
+      seen++;
+    }
+    sink.got.clear();
+  };
+  // 20,000 messages of 100-600 bytes, read as they come: 10 MB through a ring that stays small.
+  std::mt19937 rng(7);
+  for (int i = 0; i < 20000; i++) {
+    auto msg = pattern(100 + rng() % 500, sent++);
+    Part part = {msg.data(), msg.size()};
+    size_t progress = 0;
+    CHECK(p.write(&part, 1, msg.size(), &progress) == RingProducer::kDone);
+    p.commit();
+    CHECK(p.queued() == align8(kRecordHeader + msg.size()));  // no PAD counted
+    size_t got;
+    CHECK(c.drain(sink, ~size_t{0}, &got) == RingConsumer::kOk);
+    check_got();
+  }
+  CHECK(p.limit() == kRingStartBytes);
+  const size_t past_start = kRingHeaderBytes + kRingStartBytes + 4096;  // + the PAD's page
+  CHECK(resident_pages(m.a, m.bytes, past_start) == 0);
+  // A stream of 200 KiB messages, the consumer behind: the ring grows to its whole size.
+  for (int round = 0; round < 200 && p.limit() < cap; round++) {
+    for (;;) {
+      auto msg = pattern(200 << 10, sent);
+      Part part = {msg.data(), msg.size()};
+      size_t progress = 0;
+      auto st = p.write(&part, 1, msg.size(), &progress);
+      p.commit();
+      size_t got;
+      while (progress < msg.size()) {
+        CHECK(c.drain(sink, ~size_t{0}, &got) == RingConsumer::kOk);
+        st = p.write(&part, 1, msg.size(), &progress);
+        p.commit();
+      }
+      CHECK(st == RingProducer::kDone);
+      sent++;
+      if (rng() % 2 == 0) break;
+    }
+    size_t got;
+    CHECK(c.drain(sink, ~size_t{0}, &got) == RingConsumer::kOk);
+    check_got();
+  }
+  CHECK(p.limit() == cap);
+  CHECK(resident_pages(m.a, m.bytes, past_start) > 128);
+  // Not while something is in flight; then back to the start size, the pages given back.
+  auto msg = pattern(1000, sent++);
+  Part part = {msg.data(), msg.size()};
+  size_t progress = 0;
+  CHECK(p.write(&part, 1, msg.size(), &progress) == RingProducer::kDone);
+  p.commit();
+  bool wake;
+  CHECK(!p.shrink(&wake) && p.limit() == cap);
+  size_t got;
+  CHECK(c.drain(sink, ~size_t{0}, &got) == RingConsumer::kOk);
+  check_got();
+  CHECK(p.shrink(&wake) && p.limit() == kRingStartBytes);
+  CHECK(resident_pages(m.a, m.bytes, kRingHeaderBytes + kRingStartBytes + 8192) <= 1);
+  CHECK(resident_pages(m.b, m.bytes, kRingHeaderBytes + kRingStartBytes + 8192) <= 1);
+  // And it goes on working, small again.
+  for (int i = 0; i < 5000; i++) {
+    auto small = pattern(300, sent++);
+    Part sp = {small.data(), small.size()};
+    size_t pr = 0;
+    CHECK(p.write(&sp, 1, small.size(), &pr) == RingProducer::kDone);
+    p.commit();
+    CHECK(c.drain(sink, ~size_t{0}, &got) == RingConsumer::kOk);
+    check_got();
+  }
+  CHECK(seen == sent);
+  CHECK(p.limit() == kRingStartBytes);
+}
+
 int main() {
   test_small_and_wrap();
   test_fragments();
+  test_growth();
   test_waiting_flags();
   test_fuzz_consumer();
   std::puts("ring_test: ok");
