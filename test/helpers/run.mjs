@@ -27,7 +27,9 @@ export async function run(file, { args = [], env = {}, transport, timeout = 20_0
   const ms = Date.now() - started;
   // Workers it left behind still hold the pipes; give them a moment, then end them.
   const closed = new Promise((done) => p.child.once('close', done));
-  await Promise.race([closed, new Promise((done) => setTimeout(done, 2000).unref())]);
+  let grace;
+  await Promise.race([closed, new Promise((done) => (grace = setTimeout(done, 2000)))]);
+  clearTimeout(grace);
   p.kill();
   const withResult = p.lines.filter((l) => 'result' in l);
   return { code: p.exit.code, signal: p.exit.signal, ms, lines: p.lines, result: withResult.at(-1)?.result, stdout: p.stdout, stderr: p.stderr, describe: p.describe };
