@@ -53,6 +53,35 @@ test('bench --json prints one result per transport, codec and payload, and nothi
   }
 });
 
+/** The server the nats transport and natsraw look for by default, if one answers: its max_payload. */
+async function natsMaxPayload() {
+  try {
+    const { connect } = require('@nats-io/transport-node');
+    const nc = await connect({ servers: 'nats://127.0.0.1:4222', timeout: 2000 });
+    const max = nc.info.max_payload;
+    await nc.close();
+    return max;
+  } catch (err) {
+    if (process.env.CI === 'true') throw err;
+    return undefined;
+  }
+}
+
+test('bench --transports natsraw: the NATS client itself, as rows of their own; a payload over the server\'s max_payload is n/a, not a failure', async (t) => {
+  const max = await natsMaxPayload();
+  if (max === undefined) return t.skip('no NATS server answers on 127.0.0.1:4222');
+  const over = 2 * max;
+  const r = shmbus(['bench', '--json', '--quick', '--transports', 'natsraw,nats', '--codecs', 'raw', '--payloads', `64,${over}`]);
+  assert.equal(r.status, 0, `exit ${r.status} ${r.signal ?? ''}\n${r.stderr}`);
+  const out = JSON.parse(r.stdout);
+  assert.deepEqual(out.results.map((x) => `${x.transport}/${x.codec}/${x.payload}`), ['natsraw/raw/64', 'nats/raw/64', `nats/raw/${over}`]);
+  for (const x of out.results) assert.ok(x.msgs_per_s > 0 && x.rtt_us.p50 > 0, JSON.stringify(x));
+  assert.equal(out.notMeasured.length, 1);
+  const { reason, ...notMeasured } = out.notMeasured[0];
+  assert.deepEqual(notMeasured, { transport: 'natsraw', codec: 'raw', payload: over });
+  assert.match(reason, new RegExp(`max_payload \\(${max} bytes\\)`));
+});
+
 test('bench writes an SVG chart and a table for people', () => {
   const svg = path.join(os.tmpdir(), `shmbus-bench-${process.pid}.svg`);
   try {

@@ -24,3 +24,22 @@ test("a fork parent on 'process', forking at open() or after it, gets no warning
     assert.deepEqual(r.child.warnings, [], mode);
   }
 });
+
+test("the application's own IPC messages and the bus's share the channel: every bus envelope is tagged, frames go as bytes on an 'advanced' channel, a burst goes as one", async () => {
+  const r = await resultOf('envelopes.mjs', { transport: 'process', timeout: 30_000 });
+  for (const [id, form] of [['json', 'text'], ['advanced', 'bytes']]) {
+    const side = r[id];
+    assert.equal(side.talked, 100);
+    assert.equal(side.gotThere, 100, `${id} got the parent's 100 messages`);
+    assert.equal(side.gotHere, 100, `the parent got ${id}'s 100 messages`);
+    for (const [where, seen] of [['in the child', side.seenThere], ['in the parent', side.seenHere]]) {
+      const at = `${id} channel, ${where}`;
+      assert.deepEqual(seen.mine, [1, 2], `${at}: the application's own messages arrive as sent`);
+      assert.equal(seen.untagged, 0, `${at}: nothing the application can't tell from its own`);
+      const frames = seen.frames.bytes + seen.frames.text + seen.frames.other;
+      assert.deepEqual(seen.frames, { bytes: 0, text: 0, other: 0, [form]: frames }, `${at}: frames travel as ${form}`);
+      // 100 messages written in one turn, then a few answers: a handful of envelopes, not 100.
+      assert.ok(frames >= 1 && frames <= 5, `${at}: ${frames} envelopes of frames`);
+    }
+  }
+});

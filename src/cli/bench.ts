@@ -18,9 +18,9 @@ import { renderSvg } from './svg';
 
 export type { Machine, Result };
 
-export const TRANSPORTS: readonly BenchTransport[] = ['shm', 'process', 'nats', 'ipc', 'uds'];
+export const TRANSPORTS: readonly BenchTransport[] = ['shm', 'process', 'nats', 'ipc', 'uds', 'natsraw'];
 export const CODECS: readonly BenchCodec[] = ['raw', 'v8', 'json'];
-const REFERENCES = new Set<BenchTransport>(['ipc', 'uds']);
+const REFERENCES = new Set<BenchTransport>(['ipc', 'uds', 'natsraw']);
 const MAX_PAYLOAD = 64 * 2 ** 20 - 4096;
 
 export interface BenchOptions {
@@ -47,11 +47,14 @@ Measures, between two Node.js processes on this machine, for each transport, cod
 round-trip latency (ping-pong: p50, p99, p99.9, max), one-way throughput with backpressure
 respected and every message checked (messages/s, MB/s), and the CPU time both processes used.
 
-  --transports LIST  shm, process, nats, ipc, uds (default shm,process,ipc,uds, and nats when a
-                       NATS server answers on 127.0.0.1:4222)
+  --transports LIST  shm, process, nats, ipc, uds, natsraw (default shm,process,ipc,uds, and nats
+                       when a NATS server answers on 127.0.0.1:4222)
                        shm, process, nats: shmbus transports (public API, sendMessage)
                        ipc: child.send()/process.send() on Node's default JSON channel (codec json)
                        uds: a node:net Unix socket, 4-byte length-prefixed frames (codec raw)
+                       natsraw: the NATS client itself on 127.0.0.1:4222 (codec raw): round
+                       trips as request/reply; throughput a publish loop with a flush every
+                       1000 messages (or 8 MiB); payloads over the server's max_payload: n/a
   --payloads LIST    payload sizes in bytes, 8 to 64 MiB (default 64,1024,65536,1048576)
   --codecs LIST      raw, v8, json for the shmbus transports (default raw,v8)
   --duration S       seconds for each measured phase of each combination (default 2)
@@ -161,7 +164,7 @@ export function parseBenchArgs(args: readonly string[]): BenchOptions | 'help' {
 /** The codecs a transport runs with: the references have one each. */
 export function codecsOf(t: BenchTransport, codecs: readonly BenchCodec[]): BenchCodec[] {
   if (t === 'ipc') return ['json'];
-  if (t === 'uds') return ['raw'];
+  if (t === 'uds' || t === 'natsraw') return ['raw'];
   return [...codecs];
 }
 
@@ -191,7 +194,15 @@ function toResult(line: Extract<DriverLine, { type: 'result' }>): Result {
 type PairOutcome = { status: 'ok' } | { status: 'unavailable'; reason: string } | { status: 'failed'; reason: string };
 
 /** Runs one driver (one transport and codec, every payload); reports each result as it comes. */
-function runPair(cfg: MemberConfig, onResult: (r: Result) => void): Promise<PairOutcome> {
+/** A payload a transport can't carry, reported as n/a. */
+export interface NotMeasured {
+  transport: BenchTransport;
+  codec: BenchCodec;
+  payload: number;
+  reason: string;
+}
+
+function runPair(cfg: MemberConfig, onResult: (r: Result) => void, onNotMeasured: (n: NotMeasured) => void): Promise<PairOutcome> {
   return new Promise((resolve) => {
     const script = path.join(__dirname, 'member.js');
     const child = spawn(process.execPath, [...benchNodeArgs(), script, 'driver', JSON.stringify(cfg)], { stdio: ['ignore', 'pipe', 'inherit'] });
@@ -215,6 +226,7 @@ function runPair(cfg: MemberConfig, onResult: (r: Result) => void): Promise<Pair
         return;
       }
       if (line.type === 'result') onResult(toResult(line));
+      else if (line.type === 'na') onNotMeasured({ transport: line.transport, codec: line.codec, payload: line.payload, reason: line.reason });
       else if (line.type === 'unavailable') outcome ??= { status: 'unavailable', reason: line.reason };
       else if (line.type === 'failed') outcome ??= { status: 'failed', reason: line.reason };
     });
@@ -238,14 +250,18 @@ function fmtRatio(x: number, ref: string): string {
   return `${times(1 / x)} slower than ${ref}`;
 }
 
-function refOf(results: readonly Result[], transport: 'ipc' | 'uds', payload: number): Result | undefined {
+type Reference = 'ipc' | 'uds' | 'natsraw';
+
+function refOf(results: readonly Result[], transport: Reference, payload: number): Result | undefined {
   return results.find((r) => r.transport === transport && r.payload === payload);
 }
 
 /** r against each reference measured at its payload: "3.1x faster than ipc, 1.4x slower than uds". */
 function ratios(results: readonly Result[], r: Result, pick: (x: Result) => number, lowerIsBetter: boolean): string {
   const parts: string[] = [];
-  for (const ref of ['ipc', 'uds'] as const) {
+  // The raw NATS client is what the nats transport is measured against.
+  const refs: readonly Reference[] = r.transport === 'nats' ? ['ipc', 'uds', 'natsraw'] : ['ipc', 'uds'];
+  for (const ref of refs) {
     if (r.transport === ref) continue;
     const b = refOf(results, ref, r.payload);
     if (!b) continue;
@@ -261,7 +277,7 @@ export function progressLine(results: readonly Result[], r: Result): string {
     `${fmtNum(r.msgs_per_s)} msgs/s${tp ? ` (${tp})` : ''}, ${fmtNum(r.mb_per_s)} MB/s; cpu ${fmtNum(r.cpu_ms)} ms`;
 }
 
-export function renderTable(results: readonly Result[], m: Machine, o: BenchOptions): string {
+export function renderTable(results: readonly Result[], m: Machine, o: BenchOptions, notMeasured: readonly NotMeasured[] = []): string {
   const rows: string[][] = [['transport', 'codec', 'payload', 'p50', 'p99', 'p99.9', 'max', 'msgs/s', 'MB/s', 'cpu ms']];
   for (const r of results) {
     rows.push([
@@ -277,6 +293,7 @@ export function renderTable(results: readonly Result[], m: Machine, o: BenchOpti
       fmtNum(r.cpu_ms),
     ]);
   }
+  for (const n of notMeasured) rows.push([n.transport, n.codec, fmtBytes(n.payload), 'n/a', '', '', '', 'n/a', 'n/a', '']);
   const widths = rows[0].map((_, c) => Math.max(...rows.map((row) => row[c].length)));
   const text = rows.map((row) => row.map((cell, c) => (c < 3 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join('  ').trimEnd());
   const out = [
@@ -288,10 +305,12 @@ export function renderTable(results: readonly Result[], m: Machine, o: BenchOpti
     '',
     text[0],
     ...text.slice(1),
+    ...notMeasured.map((n) => `n/a: ${n.transport} ${fmtBytes(n.payload)}: ${n.reason}`),
   ];
   const measured = results.filter((r) => !REFERENCES.has(r.transport));
   if (measured.length > 0 && results.some((r) => REFERENCES.has(r.transport))) {
-    out.push('', 'Against what users have today (ipc: child.send(); uds: a Unix socket), at the same payload:');
+    const natsraw = results.some((r) => r.transport === 'natsraw') ? '; natsraw: the NATS client, for nats' : '';
+    out.push('', `Against what users have today (ipc: child.send(); uds: a Unix socket${natsraw}), at the same payload:`);
     const w = Math.max(...measured.map((r) => `${r.transport} ${r.codec} ${fmtBytes(r.payload)}`.length));
     for (const r of measured) {
       const rtt = ratios(results, r, (x) => x.rtt_us.p50, true);
@@ -335,6 +354,7 @@ export async function runBench(o: BenchOptions): Promise<number> {
   process.stderr.write(`shmbus bench: ${total} combination${total === 1 ? '' : 's'}, ${o.duration} s per phase; node ${m.node}, ${m.platform}, ${m.cpus} CPUs, load average ${load.toFixed(2)}\n`);
   if (load > m.cpus / 2) process.stderr.write(`shmbus bench: this machine is busy (load ${load.toFixed(2)} on ${m.cpus} CPUs): expect noisy numbers, and polling that waits for a CPU\n`);
   const results: Result[] = [];
+  const notMeasured: NotMeasured[] = [];
   let failed = false;
   let done = 0;
   const skipped = new Map<BenchTransport, string>();
@@ -355,6 +375,10 @@ export async function runBench(o: BenchOptions): Promise<number> {
       results.push(r);
       done++;
       process.stderr.write(`[${done}/${total}] ${progressLine(results, r)}\n`);
+    }, (n) => {
+      notMeasured.push(n);
+      done++;
+      process.stderr.write(`[${done}/${total}] ${label(n)}: n/a, ${n.reason}\n`);
     });
     if (outcome.status === 'unavailable') {
       process.stderr.write(`${transport}: skipped, it can't run here: ${outcome.reason}\n`);
@@ -372,9 +396,9 @@ export async function runBench(o: BenchOptions): Promise<number> {
     fs.writeFileSync(o.svg, renderSvg(results, m, o));
     process.stderr.write(`wrote ${o.svg}\n`);
   }
-  if (o.json) process.stdout.write(JSON.stringify({ machine: m, results }) + '\n');
+  if (o.json) process.stdout.write(JSON.stringify({ machine: m, results, ...(notMeasured.length > 0 ? { notMeasured } : {}) }) + '\n');
   else {
-    process.stdout.write(renderTable(results, m, o));
+    process.stdout.write(renderTable(results, m, o, notMeasured));
     for (const [t, reason] of skipped) process.stdout.write(`\n${t}: skipped, it can't run here: ${reason}\n`);
     if (natsNote) process.stdout.write(`\n${natsNote}\n`);
   }

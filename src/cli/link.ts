@@ -1,7 +1,8 @@
 /**
  * One benchmark link between the two processes of a measurement: a shmbus bus (shm, process,
- * nats) or one of the two references a user has today (ipc: Node's child.send() on its default
- * JSON channel; uds: a node:net Unix socket with 4-byte length-prefixed frames).
+ * nats) or one of the references a user has today (ipc: Node's child.send() on its default
+ * JSON channel; uds: a node:net Unix socket with 4-byte length-prefixed frames; natsraw: the NATS
+ * client itself).
  *
  * A link carries data values (a Buffer for the raw codec and uds, a string otherwise) and small
  * control objects, in order, on the same path, so a control message marks a point in the data
@@ -21,6 +22,10 @@ export const NOT_SENT = 2;
 export interface Link {
   /** One data value; see SENT, SENT_WAIT, NOT_SENT. */
   trySend(v: Data): number;
+  /** Where round trips are a request and its answer (natsraw): the peer's answer to `v`. */
+  request?(v: Data): Promise<Data>;
+  /** The largest data value the link carries, where it has a limit of its own. */
+  readonly maxData?: number;
   /** Resolves once the link takes data again after SENT_WAIT or NOT_SENT. */
   writable(): Promise<void>;
   sendCtl(c: Ctl): Promise<void>;
@@ -222,5 +227,73 @@ export class UdsLink implements Link {
 
   async close(): Promise<void> {
     await new Promise<void>((resolve) => this.sock.end(resolve));
+  }
+}
+
+/** The subset of @nats-io/transport-node that NatsRawLink uses. */
+interface RawNatsMsg {
+  data: Uint8Array;
+  respond(data?: Uint8Array): boolean;
+}
+export interface RawNats {
+  info?: { max_payload: number };
+  publish(subject: string, data?: Uint8Array): void;
+  subscribe(subject: string, opts: { callback: (err: Error | null, msg: RawNatsMsg) => void }): unknown;
+  request(subject: string, data: Uint8Array, opts: { timeout: number }): Promise<{ data: Uint8Array }>;
+  flush(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Messages published before the publisher waits for the server (a flush). */
+const NATS_FLUSH_EVERY = 1000;
+/** ... or bytes: a thousand large messages would outrun any subscriber and be dropped as a slow consumer. */
+const NATS_FLUSH_BYTES = 8 * 2 ** 20;
+
+const bytesOf = (d: Uint8Array): Buffer => Buffer.from(d.buffer, d.byteOffset, d.byteLength);
+
+/**
+ * The NATS client between the two processes, as a user writes it with no bus: data published on
+ * the other side's subject with a flush every NATS_FLUSH_EVERY messages, round trips as
+ * request/reply, control messages as JSON on a subject of their own (one connection to one
+ * subscriber keeps them in order with the data).
+ */
+export class NatsRawLink implements Link {
+  onData: (v: Data) => void = () => undefined;
+  onCtl: (c: Ctl) => void = () => undefined;
+  readonly maxData: number;
+  private unflushed = 0;
+  private unflushedBytes = 0;
+
+  /** `own` and `other` are this side's and the other side's subject prefixes. */
+  constructor(private readonly nc: RawNats, own: string, private readonly other: string) {
+    this.maxData = nc.info?.max_payload ?? 1024 * 1024;
+    nc.subscribe(`${own}.d`, { callback: (err, msg) => err || this.onData(bytesOf(msg.data)) });
+    nc.subscribe(`${own}.c`, { callback: (err, msg) => err || this.onCtl(JSON.parse(bytesOf(msg.data).toString('utf8'))) });
+    nc.subscribe(`${own}.r`, { callback: (err, msg) => err || msg.respond(msg.data) });
+  }
+
+  trySend(v: Data): number {
+    // The client holds on to what it is given until it writes it: a copy, as the bench reuses its buffer.
+    this.nc.publish(`${this.other}.d`, Buffer.from(v as Buffer));
+    this.unflushedBytes += v.length;
+    if (++this.unflushed < NATS_FLUSH_EVERY && this.unflushedBytes < NATS_FLUSH_BYTES) return SENT;
+    this.unflushed = this.unflushedBytes = 0;
+    return SENT_WAIT;
+  }
+
+  writable(): Promise<void> {
+    return this.nc.flush();
+  }
+
+  async request(v: Data): Promise<Data> {
+    return bytesOf((await this.nc.request(`${this.other}.r`, v as Buffer, { timeout: 60_000 })).data);
+  }
+
+  async sendCtl(c: Ctl): Promise<void> {
+    this.nc.publish(`${this.other}.c`, Buffer.from(JSON.stringify(c), 'utf8'));
+  }
+
+  close(): Promise<void> {
+    return this.nc.close();
   }
 }

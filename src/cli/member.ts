@@ -11,6 +11,7 @@
  * process:   A opens the bus (it is the hub) and forks B, which joins through its IPC channel.
  * ipc:       A forks B; strings go through child.send() / process.send() on the JSON channel.
  * uds:       A listens on a Unix socket, spawns B, which connects.
+ * natsraw:   A and B each connect to the NATS server (127.0.0.1:4222) with the client itself.
  */
 import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { createHistogram, performance, type RecordableHistogram } from 'node:perf_hooks';
@@ -18,9 +19,9 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as fs from 'node:fs';
-import { BusLink, IpcLink, UdsLink, SENT, NOT_SENT, type Ctl, type Data, type Link } from './link';
+import { BusLink, IpcLink, NatsRawLink, UdsLink, SENT, NOT_SENT, type Ctl, type Data, type Link, type RawNats } from './link';
 
-export type BenchTransport = 'shm' | 'process' | 'nats' | 'ipc' | 'uds';
+export type BenchTransport = 'shm' | 'process' | 'nats' | 'ipc' | 'uds' | 'natsraw';
 export type BenchCodec = 'raw' | 'v8' | 'json';
 
 export interface MemberConfig {
@@ -39,6 +40,8 @@ export interface MemberConfig {
 export type DriverLine =
   | { type: 'result'; transport: BenchTransport; codec: BenchCodec; payload: number; rtt_ns: { p50: number; p99: number; p999: number; max: number; count: number }; msgs: number; seconds: number; cpu_ms: number; rtt_cpu_ms: number; tp_cpu_ms: number }
   | { type: 'unavailable'; reason: string }
+  /** A payload the transport can't carry (natsraw: over the server's max_payload): not measured. */
+  | { type: 'na'; transport: BenchTransport; codec: BenchCodec; payload: number; reason: string }
   | { type: 'failed'; reason: string };
 
 /** Exit code of a driver whose transport can't run here (not a failure of the benchmark). */
@@ -52,7 +55,7 @@ const YIELD_MS = 2;
 /** A phase that makes no progress for this long fails the run. */
 const STALL_MS = 60_000;
 
-const usesStrings = (c: MemberConfig): boolean => c.transport === 'ipc' || (c.transport !== 'uds' && c.codec !== 'raw');
+const usesStrings = (c: MemberConfig): boolean => c.transport === 'ipc' || (c.transport !== 'uds' && c.transport !== 'natsraw' && c.codec !== 'raw');
 const cpuMs = (u: NodeJS.CpuUsage): number => (u.user + u.system) / 1000;
 const immediate = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
@@ -78,6 +81,12 @@ async function openBus(cfg: MemberConfig, id: number): Promise<import('../bus').
  */
 export function benchNodeArgs(): string[] {
   return (process.env.SHMBUS_BENCH_NODE_ARGS ?? '').split(/\s+/).filter((a) => a !== '');
+}
+
+/** A connection of the NATS client itself, to where the nats transport looks by default. */
+async function rawNats(): Promise<RawNats> {
+  const { connect } = require('@nats-io/transport-node') as { connect(o: Record<string, unknown>): Promise<RawNats> };
+  return connect({ servers: 'nats://127.0.0.1:4222' });
 }
 
 function peerArgs(cfg: MemberConfig): string[] {
@@ -123,6 +132,21 @@ async function driverLink(cfg: MemberConfig, state: { done: boolean }): Promise<
       await expectCtl(link, 'ready');
       return { link, child };
     }
+    case 'natsraw': {
+      let nc;
+      try {
+        nc = await rawNats();
+      } catch (err) {
+        out({ type: 'unavailable', reason: `the NATS client can't reach a server on 127.0.0.1:4222: ${(err as Error).message}` });
+        process.exit(EXIT_UNAVAILABLE);
+      }
+      const link = new NatsRawLink(nc, `${cfg.bus}.a`, `${cfg.bus}.b`);
+      await nc.flush();
+      const child = spawn(process.execPath, [...benchNodeArgs(), ...peerArgs(cfg)], { stdio: ['pipe', 'pipe', 'inherit'] });
+      watchPeer(child, state);
+      await expectCtl(link, 'ready');
+      return { link, child };
+    }
     case 'uds': {
       const sock = path.join(os.tmpdir(), `shmbus-bench-${process.pid}-${Math.random().toString(36).slice(2, 8)}.sock`);
       const server = net.createServer();
@@ -149,6 +173,12 @@ async function peerLink(cfg: MemberConfig): Promise<Link> {
     }
     case 'ipc':
       return new IpcLink(process, false);
+    case 'natsraw': {
+      const nc = await rawNats();
+      const link = new NatsRawLink(nc, `${cfg.bus}.b`, `${cfg.bus}.a`);
+      await nc.flush();
+      return link;
+    }
     case 'uds': {
       const conn = net.connect(cfg.sock!);
       await new Promise<void>((resolve, reject) => conn.once('connect', resolve).once('error', reject));
@@ -204,8 +234,25 @@ function payloadFor(cfg: MemberConfig, size: number): Payload {
 // ---------------------------------------------------------------------------------------------
 // The driver.
 
+/** Round trips as requests (natsraw): ask, await the answer, record, ask again. */
+async function requests(link: Link & { request(v: Data): Promise<Data> }, p: Payload, ms: number, hist: RecordableHistogram | null): Promise<number> {
+  const ping = p.make(0);
+  const deadline = performance.now() + ms;
+  let count = 0;
+  for (;;) {
+    const t = performance.now();
+    const answer = await link.request(ping);
+    const now = performance.now();
+    if (p.seqOf(answer) !== 0) throw new BenchFailure(`a ${p.size}-byte request was answered wrong (${answer.length} bytes)`);
+    if (hist) hist.record(Math.max(1, Math.round((now - t) * 1e6)));
+    count++;
+    if (now >= deadline && count >= 5) return count;
+  }
+}
+
 /** Ping-pong for `ms`: send, wait for the echo, record the round trip in ns, send again. */
 function pingPong(link: Link, p: Payload, ms: number, hist: RecordableHistogram | null): Promise<number> {
+  if (link.request) return requests(link as Link & { request(v: Data): Promise<Data> }, p, ms, hist);
   const ping = p.make(0);
   return new Promise((resolve, reject) => {
     let count = 0;
@@ -276,6 +323,10 @@ async function driver(cfg: MemberConfig): Promise<void> {
   const state = { done: false };
   const { link, child } = await driverLink(cfg, state);
   for (const size of cfg.payloads) {
+    if (link.maxData !== undefined && size > link.maxData) {
+      out({ type: 'na', transport: cfg.transport, codec: cfg.codec, payload: size, reason: `over the server's max_payload (${link.maxData} bytes)` });
+      continue;
+    }
     const p = payloadFor(cfg, size);
     await link.sendCtl({ op: 'echo', size });
     await expectCtl(link, 'echoing');
@@ -381,7 +432,7 @@ async function peer(cfg: MemberConfig): Promise<void> {
       process.exit(1);
     });
   };
-  if (cfg.transport === 'ipc') await link.sendCtl({ op: 'ready' });
+  if (cfg.transport === 'ipc' || cfg.transport === 'natsraw') await link.sendCtl({ op: 'ready' });
 }
 
 if (require.main === module) {

@@ -10,6 +10,7 @@ const COLORS: Record<string, string[]> = {
   nats: ['#8250df', '#ab87ea', '#d0bdf5'],
   ipc: ['#cf222e'],
   uds: ['#bf8700'],
+  natsraw: ['#6e7781'],
 };
 
 const esc = (s: string): string => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
