@@ -38,6 +38,18 @@ std::vector<uint8_t> pattern(size_t n, uint32_t seq) {
   return v;
 }
 
+// What the sink got is the pattern messages numbered *seen on, in order; then it is emptied.
+void check_in_order(Collect& sink, uint32_t* seen) {
+  for (auto& g : sink.got) {
+    uint32_t seq;
+    std::memcpy(&seq, g.data(), 4);
+    CHECK(seq == *seen);
+    CHECK(g == pattern(g.size(), seq));
+    (*seen)++;
+  }
+  sink.got.clear();
+}
+
 struct Mapping {
   int fd = -1;
   size_t bytes = 0;
@@ -91,14 +103,7 @@ void test_small_and_wrap() {
     (void)wake;
     size_t got;
     CHECK(c.drain(sink, ~size_t{0}, &got) == RingConsumer::kOk);
-    for (auto& g : sink.got) {
-      uint32_t seq;
-      std::memcpy(&seq, g.data(), 4);
-      CHECK(seq == seen);
-      CHECK(g == pattern(g.size(), seq));
-      seen++;
-    }
-    sink.got.clear();
+    check_in_order(sink, &seen);
     CHECK(p.queued() == 0);
   }
   CHECK(seen == sent && sent > 2000);
@@ -261,16 +266,7 @@ void test_growth() {
   CHECK(p.limit() == kRingStartBytes);
   Collect sink;
   uint32_t sent = 0, seen = 0;
-  auto check_got = [&] {
-    for (auto& g : sink.got) {
-      uint32_t seq;
-      std::memcpy(&seq, g.data(), 4);
-      CHECK(seq == seen);
-      CHECK(g == pattern(g.size(), seq));
-      seen++;
-    }
-    sink.got.clear();
-  };
+  auto check_got = [&] { check_in_order(sink, &seen); };
   // 20,000 messages of 100-600 bytes, read as they come: 10 MB through a ring that stays small.
   std::mt19937 rng(7);
   for (int i = 0; i < 20000; i++) {
