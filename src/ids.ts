@@ -3,6 +3,7 @@
  * and how values are shown in messages: what the bus, its options and the transports all use.
  * Nothing here imports any of them.
  */
+import * as os from 'node:os';
 import { invalidArg } from './errors';
 
 /** A member id: an integer 0..2^31-1 (a worker) or a string (a named process). */
@@ -21,6 +22,12 @@ export function checkMemberId(id: unknown, what = 'id'): MemberId {
     throw invalidArg(`${what} must be an integer 0..2^31-1 or a string matching ${STRING_ID}, got ${show(id)}`);
   }
   return id;
+}
+
+/** The host name as the start of a string id: id characters only, at most 40, starting with a letter. */
+export function hostToken(): string {
+  const host = os.hostname().replace(/[^A-Za-z0-9_.-]/g, '_').slice(0, 40);
+  return /^[A-Za-z_]/.test(host) ? host : `h${host}`;
 }
 
 /** Reads an id from text (environment variables, file names): digits are a worker number. */

@@ -1,7 +1,6 @@
-import * as os from 'node:os';
 import { invalidArg } from './errors';
 import { codecProblem, codecs, type CodecName } from './codec';
-import { checkMemberId, clusterRole, isMemberId, parseMemberId, show, type MemberId } from './ids';
+import { checkMemberId, clusterRole, hostToken, isMemberId, parseMemberId, show, type MemberId } from './ids';
 import type { TransportName } from './transports/transport';
 import type { NodeConnectionOptions } from '@nats-io/transport-node';
 
@@ -106,8 +105,7 @@ function defaultId(): MemberId {
   const role = thread === undefined ? clusterRole() : { primary: false };
   if (role.worker) return role.worker.id;
   if (role.primary) return 'primary';
-  const host = os.hostname().replace(/[^A-Za-z0-9_.-]/g, '_').slice(0, 40);
-  return `${/^[A-Za-z_]/.test(host) ? host : `h${host}`}-${process.pid}${thread === undefined ? '' : `-t${thread}`}`;
+  return `${hostToken()}-${process.pid}${thread === undefined ? '' : `-t${thread}`}`;
 }
 
 /** This worker thread's threadId, or undefined on the main thread. */
