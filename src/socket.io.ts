@@ -13,7 +13,7 @@ import { debuglog } from 'node:util';
 import { ClusterAdapterWithHeartbeat, MessageType, type ClusterAdapterOptions, type ClusterMessage, type ClusterResponse, type ServerId } from 'socket.io-adapter';
 import { Bus, type MessageInfo } from './bus';
 import { ShmbusError, invalidArg } from './errors';
-import { hostToken, show, type MemberId } from './ids';
+import { clusterRole, hostToken, show, type MemberId } from './ids';
 import { open } from './index';
 import type { OpenOptions } from './options';
 
@@ -74,11 +74,13 @@ export function createAdapter(options: AdapterOptions = {}): (nsp: any) => Shmbu
 /**
  * Call in a cluster primary, as with @socket.io/cluster-adapter. On the 'process' transport it
  * opens the bus there, unref'd, as the hub the workers' messages go through (it is no socket.io
- * server); on the others the servers reach each other directly and it does nothing.
+ * server); on the others the servers reach each other directly and it does nothing. Pass the
+ * servers' `bus` options when they name another bus.
  */
 export function setupPrimary(options: PrimaryOptions = {}): void {
   const busOptions: OpenOptions = { name: BUS_NAME, ...options.bus };
-  if (transportOf(busOptions) !== 'process') return;
+  // A worker is never a hub: there it does nothing, as @socket.io/cluster-adapter's.
+  if (clusterRole().worker || transportOf(busOptions) !== 'process') return;
   const key = busOptions.name as string;
   if (hubs.has(key)) return;
   hubs.set(

@@ -81,3 +81,15 @@ try {
 }
 console.log(count, rss, got);
 await bus.close();
+
+// shmbus/socket.io: createAdapter as @socket.io/cluster-adapter's, with a bus or open() options.
+import { createAdapter, setupPrimary } from 'shmbus/socket.io';
+setupPrimary();
+setupPrimary({ bus: { name: 'chat' } });
+createAdapter();
+createAdapter({ requestsTimeout: 1000, heartbeatInterval: 500, heartbeatTimeout: 2000, bus });
+createAdapter({ bus: { name: 'chat', transport: 'nats' } });
+// @ts-expect-error requestsTimeout is a number of ms
+createAdapter({ requestsTimeout: '1s' });
+// @ts-expect-error bus is a Bus or open() options
+createAdapter({ bus: 'chat' });
