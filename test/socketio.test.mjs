@@ -60,6 +60,15 @@ for (const transport of transports) {
   });
 }
 
+for (const transport of transports.filter((t) => t !== 'process')) {
+  // ('process' needs a hub: two servers of one program there would be buses of one.)
+  test(`${transport}: without \`bus\`, each adapter opens 'socket.io' under an id of its own, and io.close() closes it`, async () => {
+    // The program must exit by itself after io.close(): an open bus would keep it running.
+    const r = await resultOf('socketio-default.mjs', { transport, timeout: 20_000 });
+    assert.deepEqual(r, { ids: ['socket.io-HOST-PID-R', 'socket.io-HOST-PID-R'], answers: { err: null, responses: ['2:x'] } });
+  });
+}
+
 test('importing shmbus loads no socket.io; shmbus/socket.io loads from ESM and CommonJS', () => {
   const script = `
     await import('shmbus');
