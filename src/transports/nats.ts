@@ -44,6 +44,7 @@ import * as path from 'node:path';
 import { debuglog } from 'node:util';
 import { ShmbusError, duplicateId, invalidArg } from '../errors';
 import { isMemberId, show } from '../ids';
+import { BATCH_BYTES, Batcher, readBatch } from './batch';
 import { BROADCAST, FlowControl, UNICAST, isU32, type Ack, type Stream } from './flow';
 import type { MemberId, Transport, TransportContext } from './transport';
 
@@ -82,6 +83,10 @@ const WHOLE = 1;
 const FIRST = 2;
 const MORE = 3;
 const LAST = 4;
+/** Frames small enough to go together: a batch (batch.ts) of the frames written in one turn. */
+const BATCH = 5;
+/** The batch of broadcasts, beside one per member. */
+const EVERYONE = Symbol('everyone');
 const JSON_START = 0x7b;
 /**
  * kind u8, stream u8, fromLen u8, flags u8, epoch u32, seq u32; then FIRST adds total u32; then
@@ -249,6 +254,7 @@ class NatsTransport implements Transport {
   private readonly tokenCache = new Map<string, MemberId | undefined>();
   private maxPayload = DEFAULT_MAX_PAYLOAD;
   private readonly flow: FlowControl;
+  private readonly batches = new Batcher<MemberId | typeof EVERYONE>((to, batch) => this.publishBatch(to, batch));
   /** Requests the bus has pending, per target: while there are any, the target is probed. */
   private readonly pendingTo = new Map<MemberId, number>();
   private held = true;
@@ -401,6 +407,8 @@ class NatsTransport implements Transport {
   async close(): Promise<void> {
     if (this.closing) return this.closing;
     const wasMember = this.state === 'member';
+    // What was sent before close() goes before the bye.
+    if (wasMember) this.batches.flush();
     this.state = 'closed';
     this.reporting = false;
     this.claimAnswer?.('none');
@@ -445,21 +453,52 @@ class NatsTransport implements Transport {
     const maxPayload = nc.info?.max_payload ?? this.maxPayload;
     const now = Date.now();
 
+    // Small frames wait for the end of the turn; a large one goes at once, after them (a
+    // member's frames arrive in the order it sent them, broadcasts and its own alike).
+    const batched = size + 8 <= Math.min(BATCH_BYTES, maxPayload / 4);
     const broadcast = targets.length > 1 && targets.length === this.members.size && targets.every((id) => this.members.has(id));
     if (broadcast) {
+      if (!batched || this.batches.targets > (this.batches.waiting(EVERYONE) ? 1 : 0)) this.batches.flush();
       const seq = this.flow.broadcast(this.members.keys(), size, now);
-      this.publishFrame(nc, this.subjects.all, BROADCAST, seq, head, body, maxPayload, undefined, undefined);
+      if (batched) this.batches.add(EVERYONE, seq, head, body);
+      else this.publishFrame(nc, this.subjects.all, BROADCAST, seq, head, body, maxPayload, undefined, undefined);
       return;
     }
+    if (!batched || this.batches.waiting(EVERYONE)) this.batches.flush();
     for (const id of targets) {
       const peer = this.members.get(id);
       if (!peer) continue;
       const seq = this.flow.sendTo(id, size, now);
+      if (batched) {
+        this.batches.add(id, seq, head, body);
+        continue;
+      }
       // To a member with requests pending, a frame carries a reply subject: if the member's
       // connection is gone, the server's "no responders" status comes back at once.
       const reply = this.pendingTo.has(id) ? this.noResponderSubject(peer) : undefined;
       const ack = this.flow.piggyback(id);
       this.publishFrame(nc, this.subjects.member(peer.token), UNICAST, seq, head, body, maxPayload, reply, ack && { epoch: peer.epoch, ...ack });
+    }
+  }
+
+  /** One batch to `to` (or to everyone), with the acknowledgement owed to it. */
+  private publishBatch(to: MemberId | typeof EVERYONE, batch: Buffer): void {
+    const nc = this.nc;
+    if (!nc || nc.isClosed()) return;
+    const peer = to === EVERYONE ? undefined : this.members.get(to);
+    if (to !== EVERYONE && !peer) return;
+    const ack = peer && this.flow.piggyback(peer.id);
+    const ackLen = ack ? ACK_BLOCK : 0;
+    const from = this.myTokenBytes;
+    const buf = Buffer.allocUnsafe(FIXED + ackLen + from.length + batch.length);
+    this.writeFixed(buf, BATCH, peer ? UNICAST : BROADCAST, 0, FIXED, ack && { epoch: peer!.epoch, ...ack });
+    from.copy(buf, FIXED + ackLen);
+    buf.set(batch, FIXED + ackLen + from.length);
+    const reply = peer && this.pendingTo.has(peer.id) ? this.noResponderSubject(peer) : undefined;
+    try {
+      nc.publish(peer ? this.subjects.member(peer.token) : this.subjects.all, buf, reply ? { reply } : undefined);
+    } catch (err) {
+      this.report(new ShmbusError('ERR_SHMBUS_TRANSPORT', `the NATS client refused a batch of messages: ${(err as Error)?.message ?? err}`, { cause: err }));
     }
   }
 
@@ -707,6 +746,7 @@ class NatsTransport implements Transport {
     const peer = this.members.get(id);
     if (!peer) return;
     this.members.delete(id);
+    this.batches.drop(id);
     const queued = this.flow.queuedBytes(id);
     this.flow.forget(id);
     debug('nats %s: %s left (%s)', this.ctx.busName, id, why);
@@ -832,7 +872,7 @@ class NatsTransport implements Transport {
     if (d.length === 0) return;
     if (d[0] === JSON_START) return this.onMemberControl(msg);
     const kind = d[0];
-    if (kind < WHOLE || kind > LAST || d.length < FIXED) return;
+    if (kind < WHOLE || kind > BATCH || d.length < FIXED) return;
     const data = Buffer.from(d.buffer, d.byteOffset, d.byteLength);
     const stream = data[1];
     if (stream !== UNICAST && stream !== BROADCAST) return;
@@ -888,6 +928,12 @@ class NatsTransport implements Transport {
       this.report(new ShmbusError('ERR_SHMBUS_TRANSPORT', `a large message from member ${show(id)} was cut off and dropped`));
     }
     if (kind === WHOLE) return this.take(peer, stream, seq, payload);
+    if (kind === BATCH) {
+      if (!readBatch(payload, (s, frame) => this.take(peer, stream, s, frame))) {
+        this.report(new ShmbusError('ERR_SHMBUS_PROTOCOL', `member ${show(id)} sent a batch of messages that can't be read; the rest of it is dropped`));
+      }
+      return;
+    }
     if (total > this.ctx.maxMessageSize) {
       this.report(new ShmbusError('ERR_SHMBUS_TOO_LARGE', `member ${show(id)} sent a message of ${total} bytes, over this member's maxMessageSize (${this.ctx.maxMessageSize}); dropped`));
       // Taken (as nothing), so that its chunks are ignored and the sender's queue empties.

@@ -15,20 +15,15 @@ import * as diagnostics from 'node:diagnostics_channel';
 import { debuglog } from 'node:util';
 import { ShmbusError, duplicateId, invalidArg } from '../errors';
 import { clusterRole, isMemberId, show } from '../ids';
+import { Batcher, readBatch } from './batch';
 import { FlowControl, UNICAST, isU32 } from './flow';
 import type { MemberId, Transport, TransportContext } from './transport';
 
 const debug = debuglog('shmbus');
 const TAG = '__shmbus';
 const PROTOCOL = 1;
-/** A batch this large goes at once, without waiting for the end of the turn. */
-const BATCH_BYTES = 16 * 1024;
-/** The size of the buffers batches are written in (a larger frame gets one of its own). */
-const SLAB_BYTES = 64 * 1024;
 /** A frame to several members larger than this goes once to the hub, which hands it to each. */
 const FANOUT_BYTES = 64 * 1024;
-/** In a batch every frame is u32 length, u32 sequence number, then the frame. */
-const RECORD_HEAD = 8;
 
 type Wire = string | Uint8Array;
 
@@ -84,76 +79,6 @@ function fromWire(d: unknown): Buffer | undefined {
 const PROBE = Buffer.of(1);
 const viaJson = (probe: unknown): boolean => !(probe instanceof Uint8Array);
 
-/** Where one target's batch is written: bytes [start, end) of a slab that later batches go on filling. */
-interface Lane {
-  slab: Buffer;
-  start: number;
-  end: number;
-}
-
-/**
- * Frames waiting, per target, for the end of this turn of the loop (a microtask: whatever the
- * code running now sends goes together), then handed to `post` as one batch per target. Frames
- * are copied in at once (the data was encoded at the call; the caller may change it next), into
- * slabs of SLAB_BYTES that successive batches share, as Buffer's own pool does: a batch costs no
- * allocation of its own, and no byte is copied twice.
- */
-class Batcher {
-  private readonly lanes = new Map<MemberId, Lane>();
-  private readonly pending = new Set<MemberId>();
-  private scheduled = false;
-  private readonly flushAll = (): void => {
-    this.scheduled = false;
-    for (const to of this.pending) this.flushOne(to);
-  };
-
-  constructor(private readonly post: (to: MemberId, batch: Buffer) => void) {}
-
-  add(to: MemberId, seq: number, head: Uint8Array, body: Uint8Array): void {
-    const need = RECORD_HEAD + head.length + body.length;
-    let lane = this.lanes.get(to);
-    if (!lane || lane.end + need > lane.slab.length) {
-      // A new slab; the part of this batch already written moves with it.
-      const slab = Buffer.allocUnsafe(Math.max(SLAB_BYTES, need + (lane ? lane.end - lane.start : 0)));
-      const kept = lane ? lane.slab.copy(slab, 0, lane.start, lane.end) : 0;
-      this.lanes.set(to, (lane = { slab, start: 0, end: kept }));
-    }
-    const { slab } = lane;
-    let at = lane.end;
-    slab.writeUInt32LE(head.length + body.length, at);
-    slab.writeUInt32LE(seq, at + 4);
-    slab.set(head, (at += RECORD_HEAD));
-    slab.set(body, at + head.length);
-    lane.end += need;
-    this.pending.add(to);
-    if (lane.end - lane.start >= BATCH_BYTES) this.flushOne(to);
-    else if (!this.scheduled) {
-      this.scheduled = true;
-      queueMicrotask(this.flushAll);
-    }
-  }
-
-  /** Sends everything waiting now (before something that must not overtake it). */
-  flush(): void {
-    this.flushAll();
-  }
-
-  /** `to` is gone: what waits for it is dropped. */
-  drop(to: MemberId): void {
-    this.pending.delete(to);
-    this.lanes.delete(to);
-  }
-
-  private flushOne(to: MemberId): void {
-    this.pending.delete(to);
-    const lane = this.lanes.get(to);
-    if (!lane || lane.end === lane.start) return;
-    const batch = lane.slab.subarray(lane.start, lane.end);
-    lane.start = lane.end;
-    this.post(to, batch);
-  }
-}
-
 /**
  * Hands the frames of a batch from `from` to the host, each taken first (so that what is sent in
  * answer acknowledges it); the acknowledgement it carries counts before any of them.
@@ -161,16 +86,11 @@ class Batcher {
 function takeBatch(flow: FlowControl, host: TransportContext['host'], from: MemberId, d: unknown, k: unknown): void {
   if (k !== undefined) flow.acked(from, { u: k });
   const batch = fromWire(d);
-  let at = 0;
-  while (batch && at + RECORD_HEAD <= batch.length) {
-    const end = at + RECORD_HEAD + batch.readUInt32LE(at);
-    if (end > batch.length) break;
-    const frame = batch.subarray(at + RECORD_HEAD, end);
-    flow.took(from, UNICAST, batch.readUInt32LE(at + 4), frame.length);
+  const whole = batch !== undefined && readBatch(batch, (seq, frame) => {
+    flow.took(from, UNICAST, seq, frame.length);
     host.frame(from, frame);
-    at = end;
-  }
-  if (!batch || at !== batch.length) host.error(new ShmbusError('ERR_SHMBUS_PROTOCOL', `member ${show(from)} sent a batch of frames that can't be read; the rest of it is dropped`));
+  });
+  if (!whole) host.error(new ShmbusError('ERR_SHMBUS_PROTOCOL', `member ${show(from)} sent a batch of frames that can't be read; the rest of it is dropped`));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -234,7 +154,7 @@ class HubTransport implements Transport {
   private readonly members = new Map<MemberId, ChildLink>();
   private readonly idOf = new Map<ChildProcess, MemberId>();
   private readonly flow: FlowControl;
-  private readonly batches: Batcher;
+  private readonly batches: Batcher<MemberId>;
   private open_ = false;
   /** An open bus holds the loop like a listening server; the hub has no handle of its own that would. */
   private keepAlive?: NodeJS.Timeout;
@@ -453,7 +373,7 @@ class MemberTransport implements Transport {
   private readonly bus: string;
   private readonly members = new Set<MemberId>();
   private readonly flow: FlowControl;
-  private readonly batches: Batcher;
+  private readonly batches: Batcher<MemberId>;
   private readonly handshakeTimeout: number;
   /** Whether the channel to the hub is a JSON one (learnt from the welcome). */
   private json = true;
