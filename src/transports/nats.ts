@@ -24,8 +24,10 @@
  * with nothing to ride on go as control messages. The bytes not yet acknowledged are
  * queuedBytes(to), so the bus's maxQueueBytes rule bounds what sits in the server for a slow
  * member. A gap in the sequence (the server dropped a slow consumer, a reconnect lost what was in
- * flight) is reported as an error; delivery is at most once. Frames over the server's max_payload go as chunks and are joined back; a chunk
- * stream that is cut is dropped, never delivered in part.
+ * flight) is reported as an error; delivery is at most once. The small frames written to a
+ * member in one turn of the loop go as one message (a batch, batch.ts), broadcasts likewise.
+ * Frames over the server's max_payload go as chunks and are joined back; a chunk stream that is
+ * cut is dropped, never delivered in part.
  *
  * Options (the `nats` section of open(); every other key goes to the client's connect()):
  *   heartbeatInterval  500 ms   how often a member says it is alive
