@@ -30,6 +30,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "bus_dir.h"
 #include "handshake.h"
 #include "member.h"
 
@@ -431,8 +432,15 @@ class Bus : public Napi::ObjectWrap<Bus>, public shmbus::Reactor, public shmbus:
   Member member_;  // last: destroyed first, while what it calls back into still exists
 };
 
+// sweep(path) -> whether the bus directory at path, whose members had all died, is gone.
+Napi::Value Sweep(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsString()) return Napi::Boolean::New(info.Env(), false);
+  return Napi::Boolean::New(info.Env(), shmbus::busdir_sweep(info[0].As<Napi::String>().Utf8Value().c_str()));
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Bus", Bus::Init(env));
+  exports.Set("sweep", Napi::Function::New(env, Sweep, "sweep"));
   exports.Set("protocolVersion", Napi::Number::New(env, shmbus::kProtocolVersion));
   return exports;
 }

@@ -141,7 +141,7 @@ int busdir_listen(int dirfd, const std::string& id, std::string* err) {
   return fd;
 }
 
-std::vector<std::string> busdir_list(int dirfd) {
+std::vector<std::string> busdir_list(int dirfd, const char* suffix) {
   std::vector<std::string> ids;
   int fd = dup(dirfd);
   if (fd < 0) return ids;
@@ -153,8 +153,9 @@ std::vector<std::string> busdir_list(int dirfd) {
   rewinddir(d);
   while (struct dirent* e = readdir(d)) {
     std::string name = e->d_name;
-    if (name.size() <= 5 || name.compare(name.size() - 5, 5, ".sock") != 0) continue;
-    std::string id = name.substr(0, name.size() - 5);
+    const size_t n = std::strlen(suffix);
+    if (name.size() <= n || name.compare(name.size() - n, n, suffix) != 0) continue;
+    std::string id = name.substr(0, name.size() - n);
     if (id_valid(id)) ids.push_back(id);
   }
   closedir(d);
@@ -195,6 +196,23 @@ int busdir_reap(int dirfd, const std::string& id) {
   int r = unlinkat(dirfd, name.c_str(), 0) == 0 ? 1 : 0;
   busdir_release(dirfd, id, lock);
   return r;
+}
+
+bool busdir_sweep(const char* path) {
+  std::string err;
+  int dirfd = busdir_open(path, &err);
+  if (dirfd < 0) return false;
+  std::vector<std::string> ids = busdir_list(dirfd, ".lock");
+  for (const std::string& id : busdir_list(dirfd)) ids.push_back(id);
+  bool held = false;
+  for (const std::string& id : ids) {
+    if (busdir_reap(dirfd, id) < 0) {
+      held = true;
+      break;
+    }
+  }
+  close(dirfd);
+  return !held && rmdir(path) == 0;
 }
 
 void busdir_unlink(int dirfd, const std::string& id) {

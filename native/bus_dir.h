@@ -25,13 +25,16 @@ void busdir_release(int dirfd, const std::string& id, int lock_fd);
 bool busdir_listening(int dirfd, const std::string& id);
 // Binds and listens on "<id>.sock" (removing a stale file first; call with the lock held).
 int busdir_listen(int dirfd, const std::string& id, std::string* err);
-// The ids of all sockets in the directory.
-std::vector<std::string> busdir_list(int dirfd);
+// The ids of all sockets in the directory (or of all files with another suffix).
+std::vector<std::string> busdir_list(int dirfd, const char* suffix = ".sock");
 // Connects to a member's socket (non-blocking fd), or -1 with *error_number set.
 int busdir_connect(int dirfd, const std::string& id, int* error_number);
 // Removes the socket file of an id no live member holds: 1 removed, 0 nothing to remove,
 // -1 the id is held (its owner lives or is joining).
 int busdir_reap(int dirfd, const std::string& id);
+// A bus directory whose members all died (every lock free) loses their files, then the directory
+// itself. Returns true if the directory is gone. Does nothing to a bus that has a live member.
+bool busdir_sweep(const char* path);
 // Removes this member's own socket file (on close; the lock is still held).
 void busdir_unlink(int dirfd, const std::string& id);
 

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
@@ -116,21 +117,22 @@ Member::StartResult Member::start(const MemberOptions& options, std::string* err
     *err = "ring size must be a power of two from 4 KiB to 1 GiB";
     return kFailed;
   }
-  dir_fd_ = busdir_open(options.dir.c_str(), err);
-  if (dir_fd_ < 0) return kFailed;
-  bool busy = false;
-  // A survivor removing the socket of a dead member with this id holds its lock for a moment:
-  // only a holder that listens, or one that keeps the lock, is a live member.
-  for (int attempt = 0; attempt < 20; attempt++) {
-    lock_fd_ = busdir_lock(dir_fd_, options.id, &busy, err);
-    if (lock_fd_ >= 0 || !busy || busdir_listening(dir_fd_, options.id)) break;
-    usleep(5000);
-  }
-  if (lock_fd_ < 0) {
-    ::close(dir_fd_);
-    dir_fd_ = -1;
-    if (busy) *err = "member id " + options.id + " is held by a live member of this bus";
-    return busy ? kDuplicate : kFailed;
+  // The last member out removes the bus directory when it is empty: one that joins meanwhile
+  // finds it gone (its lock file can't be made) and makes it again.
+  for (int round = 0;; round++) {
+    StartResult r = take_id(err);
+    if (r != kGone) {
+      if (r != kStarted) return r;
+      break;
+    }
+    if (round == 8) {
+      *err = "the bus directory " + options.dir + " keeps being removed";
+      return kFailed;
+    }
+    if (mkdir(options.dir.c_str(), 0700) != 0 && errno != EEXIST) {
+      *err = "mkdir " + options.dir + ": " + std::strerror(errno);
+      return kFailed;
+    }
   }
   bell_fd_ = doorbell_create();
   if (bell_fd_ < 0) {
@@ -159,7 +161,32 @@ Member::StartResult Member::start(const MemberOptions& options, std::string* err
     initial_.insert(id);
     connect_to(id);
   }
+  // Lock files of members that died before they bound, or whose socket a survivor removed
+  // without its lock: nobody else will.
+  for (const std::string& id : busdir_list(dir_fd_, ".lock"))
+    if (id != options.id && !linked_or_linking(id) && !busdir_listening(dir_fd_, id)) busdir_reap(dir_fd_, id);
   return kStarted;
+}
+
+// Opens the bus directory and takes this member's id there.
+Member::StartResult Member::take_id(std::string* err) {
+  dir_fd_ = busdir_open(options_.dir.c_str(), err);
+  if (dir_fd_ < 0) return errno == ENOENT ? kGone : kFailed;
+  bool busy = false;
+  // A survivor removing the socket of a dead member with this id holds its lock for a moment:
+  // only a holder that listens, or one that keeps the lock, is a live member.
+  for (int attempt = 0; attempt < 20; attempt++) {
+    lock_fd_ = busdir_lock(dir_fd_, options_.id, &busy, err);
+    if (lock_fd_ >= 0 || !busy || busdir_listening(dir_fd_, options_.id)) break;
+    usleep(5000);
+  }
+  if (lock_fd_ >= 0) return kStarted;
+  struct stat st;
+  bool gone = !busy && fstat(dir_fd_, &st) == 0 && st.st_nlink == 0;
+  ::close(dir_fd_);
+  dir_fd_ = -1;
+  if (busy) *err = "member id " + options_.id + " is held by a live member of this bus";
+  return busy ? kDuplicate : gone ? kGone : kFailed;
 }
 
 void Member::rescan() {
@@ -194,6 +221,7 @@ void Member::close() {
     ::close(bell_fd_);
     bell_fd_ = -1;
   }
+  bool joined = lock_fd_ >= 0;
   if (lock_fd_ >= 0) {
     busdir_release(dir_fd_, options_.id, lock_fd_);
     lock_fd_ = -1;
@@ -202,6 +230,8 @@ void Member::close() {
     ::close(dir_fd_);
     dir_fd_ = -1;
   }
+  // The last one out: no bus directory is left behind (rmdir refuses one that is not empty).
+  if (joined) rmdir(options_.dir.c_str());
 }
 
 PeerLink* Member::new_link(int fd, bool outgoing, const std::string& id) {

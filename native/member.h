@@ -65,7 +65,7 @@ class Member {
   Member(const Member&) = delete;
   Member& operator=(const Member&) = delete;
 
-  enum StartResult { kStarted, kDuplicate, kFailed };
+  enum StartResult { kStarted, kDuplicate, kFailed, kGone /* internal: the directory went */ };
   // Joins the bus: takes the id, binds, lists the directory and begins a link to every member.
   // Makes no event callback itself.
   StartResult start(const MemberOptions& options, std::string* err);
@@ -99,6 +99,7 @@ class Member {
   int doorbell_fd() const { return bell_fd_; }
 
  private:
+  StartResult take_id(std::string* err);
   PeerLink* new_link(int fd, bool outgoing, const std::string& id);
   bool create_out_ring(PeerLink* link, std::string* err);
   void connect_to(const std::string& id);

@@ -49,6 +49,8 @@ export interface NativeBus {
 
 export interface NativeAddon {
   Bus: new (options: NativeBusOptions, deliver: NativeDeliver) => NativeBus;
+  /** Removes a bus directory whose members all died (their files, then it): whether it is gone. */
+  sweep(dir: string): boolean;
   protocolVersion: number;
 }
 

@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { ShmbusError, duplicateId, invalidArg } from '../errors';
-import { loadNative, NativeEvent, type NativeBus } from '../native';
+import { loadNative, NativeEvent, type NativeAddon, type NativeBus } from '../native';
 import { shmHolder } from './shm-holder';
 import type { MemberId, Transport, TransportContext } from './transport';
 
@@ -68,14 +68,18 @@ function checkOptions(raw: Record<string, unknown>): ShmOptions {
 
 /** Creates `dir` if needed (mode 0700) and refuses it unless it is ours alone. */
 function ensurePrivateDir(dir: string, what: string, exactMode: boolean): void {
-  try {
-    fs.mkdirSync(dir, { mode: 0o700 });
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') {
-      throw new ShmbusError('ERR_SHMBUS_TRANSPORT', `can't create the ${what} ${dir}: ${(err as Error).message}`, { cause: err });
+  let st: fs.Stats | undefined;
+  // The last member out of a bus removes its directory: one may go between mkdir and lstat.
+  for (let attempt = 0; st === undefined; attempt++) {
+    try {
+      fs.mkdirSync(dir, { mode: 0o700 });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') {
+        throw new ShmbusError('ERR_SHMBUS_TRANSPORT', `can't create the ${what} ${dir}: ${(err as Error).message}`, { cause: err });
+      }
     }
+    st = fs.lstatSync(dir, { throwIfNoEntry: attempt === 8 });
   }
-  const st = fs.lstatSync(dir);
   const uid = process.getuid?.() ?? 0;
   const fix = `remove it or set shm.dir / SHMBUS_DIR to a directory of your own`;
   if (st.isSymbolicLink()) throw new ShmbusError('ERR_SHMBUS_TRANSPORT', `the ${what} ${dir} is a symlink; ${fix}`);
@@ -93,6 +97,24 @@ const openTransports = new Set<ShmTransport>();
 const closeAllAtExit = (): void => {
   for (const t of openTransports) void t.close();
 };
+
+/** Bus directories looked at per open(): enough to keep a root tidy, never a long pause. */
+const SWEEP_LIMIT = 64;
+
+/**
+ * Removes the directories of other buses whose members all died (killed with no survivor to
+ * clean up): their socket and lock files, then the directory. A bus with a live member is left
+ * alone (its lock is held).
+ */
+function sweepDeadBuses(addon: NativeAddon, root: string, own: string): void {
+  let names: string[];
+  try {
+    names = fs.readdirSync(root);
+  } catch {
+    return;
+  }
+  for (const name of names.slice(0, SWEEP_LIMIT)) if (name !== own) addon.sweep(path.join(root, name));
+}
 
 function parseId(name: string): MemberId {
   return /^\d+$/.test(name) ? Number(name) : name;
@@ -165,6 +187,7 @@ export class ShmTransport implements Transport {
     }
     this.onReady = undefined;
     if (this.closed) throw new ShmbusError('ERR_SHMBUS_CLOSED', 'the transport was closed while opening');
+    setTimeout(() => sweepDeadBuses(loaded.addon, this.options.root, this.ctx.busName), 0).unref();
   }
 
   async close(): Promise<void> {
