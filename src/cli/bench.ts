@@ -208,7 +208,7 @@ function runPair(cfg: MemberConfig, onResult: (r: Result) => void, onNotMeasured
     const child = spawn(process.execPath, [...benchNodeArgs(), script, 'driver', JSON.stringify(cfg)], { stdio: ['ignore', 'pipe', 'inherit'] });
     let outcome: PairOutcome | null = null;
     // A driver that prints nothing for this long is stuck (its own stall checks take 60 s).
-    const limitMs = 120_000 + (cfg.warmupMs + cfg.rttMs + cfg.tpMs) * 2;
+    const limitMs = 120_000 + (4 * cfg.warmupMs + cfg.rttMs + cfg.tpMs) * 2;
     let timer = setTimeout(stuck, limitMs);
     function stuck(): void {
       outcome ??= { status: 'failed', reason: `the driver printed nothing for ${Math.round(limitMs / 1000)} s` };
