@@ -74,13 +74,26 @@ struct Mapping {
   }
 };
 
-void test_small_and_wrap() {
-  const size_t cap = 4096;
-  Mapping m(cap);
+// A ring in two mappings of one memfd: its producer writes through one, its consumer reads
+// through the other.
+struct RingPair {
+  Mapping m;
   RingProducer p;
   RingConsumer c;
-  p.attach(m.a, cap);
-  c.attach(m.b, cap, 1 << 20);
+  RingPair(size_t capacity, size_t max_message) : m(capacity) {
+    p.attach(m.a, capacity);
+    c.attach(m.b, capacity, max_message);
+  }
+  // Reads all that is committed, which must be sound.
+  void drain(FrameSink& sink) {
+    size_t got;
+    CHECK(c.drain(sink, ~size_t{0}, &got) == RingConsumer::kOk);
+  }
+};
+
+void test_small_and_wrap() {
+  RingPair r(4096, 1 << 20);
+  auto& p = r.p;
   Collect sink;
   uint32_t sent = 0, seen = 0;
   std::mt19937 rng(1);
@@ -101,8 +114,7 @@ void test_small_and_wrap() {
     }
     bool wake = p.commit();
     (void)wake;
-    size_t got;
-    CHECK(c.drain(sink, ~size_t{0}, &got) == RingConsumer::kOk);
+    r.drain(sink);
     check_in_order(sink, &seen);
     CHECK(p.queued() == 0);
   }
@@ -111,11 +123,8 @@ void test_small_and_wrap() {
 
 void test_fragments() {
   const size_t cap = 64 << 10;
-  Mapping m(cap);
-  RingProducer p;
-  RingConsumer c;
-  p.attach(m.a, cap);
-  c.attach(m.b, cap, 4 << 20);
+  RingPair r(cap, 4 << 20);
+  auto& p = r.p;
   Collect sink;
   std::mt19937 rng(2);
   for (uint32_t seq = 0; seq < 200; seq++) {
@@ -126,12 +135,10 @@ void test_fragments() {
     size_t total = head.size() + body.size(), progress = 0;
     while (p.write(parts, 2, total, &progress) != RingProducer::kDone) {
       p.commit();
-      size_t got;
-      CHECK(c.drain(sink, ~size_t{0}, &got) == RingConsumer::kOk);
+      r.drain(sink);
     }
     p.commit();
-    size_t got;
-    CHECK(c.drain(sink, ~size_t{0}, &got) == RingConsumer::kOk);
+    r.drain(sink);
     CHECK(sink.got.size() == 1);
     std::vector<uint8_t> want = head;
     want.insert(want.end(), body.begin(), body.end());
@@ -140,27 +147,20 @@ void test_fragments() {
   }
   CHECK(sink.larges > 0);
   // A message larger than the consumer allows is refused as corrupt.
-  RingConsumer small;
-  Mapping m2(cap);
-  RingProducer p2;
-  p2.attach(m2.a, cap);
-  small.attach(m2.b, cap, 100 << 10);
+  RingPair small(cap, 100 << 10);
   auto big = pattern(200 << 10, 1);
   Part part = {big.data(), big.size()};
   size_t progress = 0;
-  p2.write(&part, 1, big.size(), &progress);
-  p2.commit();
+  small.p.write(&part, 1, big.size(), &progress);
+  small.p.commit();
   size_t got;
-  CHECK(small.drain(sink, ~size_t{0}, &got) == RingConsumer::kCorrupt);
+  CHECK(small.c.drain(sink, ~size_t{0}, &got) == RingConsumer::kCorrupt);
 }
 
 void test_waiting_flags() {
-  const size_t cap = 4096;
-  Mapping m(cap);
-  RingProducer p;
-  RingConsumer c;
-  p.attach(m.a, cap);
-  c.attach(m.b, cap, 1 << 20);
+  RingPair r(4096, 1 << 20);
+  auto& p = r.p;
+  auto& c = r.c;
   Collect sink;
   uint8_t x[16] = {};
   Part part = {x, sizeof x};
@@ -258,15 +258,16 @@ size_t resident_pages(void* base, size_t bytes, size_t from) {
 // below the ring's end never count as queued bytes, and everything arrives in order.
 void test_growth() {
   const size_t cap = 1 << 20;
-  Mapping m(cap);
-  RingProducer p;
-  RingConsumer c;
-  p.attach(m.a, cap);
-  c.attach(m.b, cap, 8 << 20);
+  RingPair r(cap, 8 << 20);
+  auto& p = r.p;
+  const Mapping& m = r.m;
   CHECK(p.limit() == kRingStartBytes);
   Collect sink;
   uint32_t sent = 0, seen = 0;
-  auto check_got = [&] { check_in_order(sink, &seen); };
+  auto check_got = [&] {
+    r.drain(sink);
+    check_in_order(sink, &seen);
+  };
   // 20,000 messages of 100-600 bytes, read as they come: 10 MB through a ring that stays small.
   std::mt19937 rng(7);
   for (int i = 0; i < 20000; i++) {
@@ -276,8 +277,6 @@ void test_growth() {
     CHECK(p.write(&part, 1, msg.size(), &progress) == RingProducer::kDone);
     p.commit();
     CHECK(p.queued() == align8(kRecordHeader + msg.size()));  // no PAD counted
-    size_t got;
-    CHECK(c.drain(sink, ~size_t{0}, &got) == RingConsumer::kOk);
     check_got();
   }
   CHECK(p.limit() == kRingStartBytes);
@@ -291,9 +290,8 @@ void test_growth() {
       size_t progress = 0;
       auto st = p.write(&part, 1, msg.size(), &progress);
       p.commit();
-      size_t got;
       while (progress < msg.size()) {
-        CHECK(c.drain(sink, ~size_t{0}, &got) == RingConsumer::kOk);
+        r.drain(sink);
         st = p.write(&part, 1, msg.size(), &progress);
         p.commit();
       }
@@ -301,8 +299,6 @@ void test_growth() {
       sent++;
       if (rng() % 2 == 0) break;
     }
-    size_t got;
-    CHECK(c.drain(sink, ~size_t{0}, &got) == RingConsumer::kOk);
     check_got();
   }
   CHECK(p.limit() == cap);
@@ -315,8 +311,6 @@ void test_growth() {
   p.commit();
   bool wake;
   CHECK(!p.shrink(&wake) && p.limit() == cap);
-  size_t got;
-  CHECK(c.drain(sink, ~size_t{0}, &got) == RingConsumer::kOk);
   check_got();
   CHECK(p.shrink(&wake) && p.limit() == kRingStartBytes);
   CHECK(resident_pages(m.a, m.bytes, kRingHeaderBytes + kRingStartBytes + 8192) <= 1);
@@ -328,7 +322,6 @@ void test_growth() {
     size_t pr = 0;
     CHECK(p.write(&sp, 1, small.size(), &pr) == RingProducer::kDone);
     p.commit();
-    CHECK(c.drain(sink, ~size_t{0}, &got) == RingConsumer::kOk);
     check_got();
   }
   CHECK(seen == sent);
