@@ -212,11 +212,28 @@ describe('shm transport', async () => {
   test('the bus directory must be a real directory of ours with mode 0700', async (t) => {
     if (!(await shmWorks())) return t.skip('the shm transport does not run here');
     const name = busName();
+    const dir = path.join(root, name);
+    // Ours: the message may say to remove it; another user's: never.
+    const refused = (cause, removable) => (err) => {
+      assert.equal(err.code, 'ERR_SHMBUS_TRANSPORT');
+      assert.ok(err.message.startsWith(`the bus directory ${dir} `), err.message);
+      assert.match(err.message, cause);
+      const fix = '; choose a directory of your own for shm.dir or SHMBUS_DIR';
+      assert.ok(err.message.endsWith(removable ? `${fix}; if ${dir} is a leftover of yours, removing it is fine too` : fix), err.message);
+      return true;
+    };
     const target = fs.mkdtempSync(path.join(os.tmpdir(), 'shmbus-target-'));
-    fs.symlinkSync(target, path.join(root, name));
-    await assert.rejects(openShm(name, 1), (err) => err.code === 'ERR_SHMBUS_TRANSPORT' && /symlink/.test(err.message));
-    fs.unlinkSync(path.join(root, name));
+    fs.symlinkSync(target, dir);
+    await assert.rejects(openShm(name, 1), refused(/ is a symlink, and shmbus follows none /, true));
+    fs.unlinkSync(dir);
     fs.rmSync(target, { recursive: true });
+    fs.writeFileSync(dir, '');
+    await assert.rejects(openShm(name, 1), refused(/ is not a directory;/, true));
+    if (isRoot) {
+      fs.chownSync(dir, 12345, 12345);
+      await assert.rejects(openShm(name, 1), refused(/ is not a directory \(it belongs to uid 12345, not 0\);/, false));
+    }
+    fs.unlinkSync(dir);
 
     fs.mkdirSync(path.join(root, name), { mode: 0o755 });
     fs.chmodSync(path.join(root, name), 0o755);
@@ -224,7 +241,7 @@ describe('shm transport', async () => {
     fs.chmodSync(path.join(root, name), 0o700);
     if (isRoot) {
       fs.chownSync(path.join(root, name), 12345, 12345);
-      await assert.rejects(openShm(name, 1), (err) => err.code === 'ERR_SHMBUS_TRANSPORT' && /uid 12345/.test(err.message));
+      await assert.rejects(openShm(name, 1), refused(/ belongs to uid 12345, not 0, and shmbus uses only its own user's directories /, false));
       fs.chownSync(path.join(root, name), 0, 0);
     }
     const bus = await openShm(name, 1);
@@ -235,6 +252,10 @@ describe('shm transport', async () => {
     for (const shm of [{ ringSize: 1000 }, { ringSize: 2 ** 31 }, { spinUs: -1 }, { spinUs: 1.5 }, { dir: '' }, { nope: 1 }]) {
       await assert.rejects(open({ name: busName(), id: 1, transport: 'shm', shm }), { code: 'ERR_SHMBUS_INVALID_ARG' }, JSON.stringify(shm));
     }
+    await assert.rejects(open({ name: busName(), id: 1, transport: 'shm', shm: { nope: 1 } }), {
+      code: 'ERR_SHMBUS_INVALID_ARG',
+      message: 'unknown shm option "nope"; the shm options are dir, ringSize, spinUs',
+    });
   });
 
   test('a corrupt ring closes that one peer with an error; nothing crashes', async (t) => {

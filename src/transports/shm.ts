@@ -11,6 +11,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { ShmbusError, duplicateId, invalidArg } from '../errors';
+import { show } from '../ids';
 import { loadNative, NativeEvent, type NativeAddon, type NativeBus } from '../native';
 import { shmHolder } from './shm-holder';
 import type { MemberId, Transport, TransportContext } from './transport';
@@ -44,7 +45,7 @@ interface ShmOptions {
 
 function checkOptions(raw: Record<string, unknown>): ShmOptions {
   for (const key of Object.keys(raw)) {
-    if (!OPTION_NAMES.has(key)) throw invalidArg(`unknown shm option '${key}'; known: dir, ringSize, spinUs`);
+    if (!OPTION_NAMES.has(key)) throw invalidArg(`unknown shm option ${show(key)}; the shm options are ${[...OPTION_NAMES].join(', ')}`);
   }
   let root: string;
   if (raw.dir !== undefined) {
@@ -81,10 +82,14 @@ function ensurePrivateDir(dir: string, what: string, exactMode: boolean): void {
     st = fs.lstatSync(dir, { throwIfNoEntry: attempt === 8 });
   }
   const uid = process.getuid?.() ?? 0;
-  const fix = `remove it or set shm.dir / SHMBUS_DIR to a directory of your own`;
-  if (st.isSymbolicLink()) throw new ShmbusError('ERR_SHMBUS_TRANSPORT', `the ${what} ${dir} is a symlink; ${fix}`);
-  if (!st.isDirectory()) throw new ShmbusError('ERR_SHMBUS_TRANSPORT', `the ${what} ${dir} is not a directory; ${fix}`);
-  if (st.uid !== uid) throw new ShmbusError('ERR_SHMBUS_TRANSPORT', `the ${what} ${dir} belongs to uid ${st.uid}, not ${uid}; ${fix}`);
+  // What is in the way may be another user's: the fix says to remove it only when it is ours.
+  const ours = st.uid === uid;
+  const owner = ours ? '' : ` (it belongs to uid ${st.uid}, not ${uid})`;
+  const fix = `choose a directory of your own for shm.dir or SHMBUS_DIR${ours ? `; if ${dir} is a leftover of yours, removing it is fine too` : ''}`;
+  const refuse = (cause: string): ShmbusError => new ShmbusError('ERR_SHMBUS_TRANSPORT', `the ${what} ${dir} ${cause}; ${fix}`);
+  if (st.isSymbolicLink()) throw refuse(`is a symlink${owner}, and shmbus follows none (one could lead into another user's directory)`);
+  if (!st.isDirectory()) throw refuse(`is not a directory${owner}`);
+  if (!ours) throw refuse(`belongs to uid ${st.uid}, not ${uid}, and shmbus uses only its own user's directories (no other user may see or forge its messages)`);
   const mode = st.mode & 0o777;
   if (exactMode ? mode !== 0o700 : (mode & 0o022) !== 0) {
     const need = exactMode ? `it must be 700 (chmod 700 ${dir})` : 'others may write to it: use a directory of your own (mode 700)';
@@ -172,7 +177,7 @@ export class ShmTransport implements Transport {
     }
     if (result !== 0) {
       native.close();
-      throw new ShmbusError('ERR_SHMBUS_TRANSPORT', `the shm transport can't join bus '${this.ctx.busName}' in ${this.dir}: ${message}`);
+      throw new ShmbusError('ERR_SHMBUS_TRANSPORT', `the shm transport can't join bus ${show(this.ctx.busName)} in ${this.dir}: ${message}`);
     }
     this.native = native;
     if (!this.refed) native.unref();
