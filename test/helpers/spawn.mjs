@@ -14,14 +14,15 @@ process.on('exit', () => {
 /**
  * Starts `file` (a path or file: URL) with `args`; `env` is added to this process's environment
  * (minus the test runner's NODE_TEST_CONTEXT: the program is a user's program, not a test file).
+ * `node` is the command line that runs it: this Node.js by default.
  * Returns { child, pid, lines, stdout, stderr, line(), exited, kill(), describe() }.
  */
-export function program(file, { args = [], env = {}, name = '' } = {}) {
+export function program(file, { args = [], env = {}, name = '', node = [process.execPath] } = {}) {
   const path = file instanceof URL ? fileURLToPath(file) : file;
   const childEnv = { ...process.env, ...env };
   delete childEnv.NODE_TEST_CONTEXT;
   for (const [k, v] of Object.entries(childEnv)) if (v === undefined) delete childEnv[k];
-  const child = spawn(process.execPath, [path, ...args], { stdio: ['ignore', 'pipe', 'pipe'], detached: true, env: childEnv });
+  const child = spawn(node[0], [...node.slice(1), path, ...args], { stdio: ['ignore', 'pipe', 'pipe'], detached: true, env: childEnv });
   const waiters = new Set();
   const wake = () => {
     for (const w of [...waiters]) w();
