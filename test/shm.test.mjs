@@ -320,6 +320,15 @@ describe('shm transport', async () => {
     assert.deepEqual(p.lines, [{ echo: 'hi', gone: 'w', files: ['main.lock', 'main.sock'] }]);
   });
 
+  test('worker threads terminate()d while messages stream to them: the process lives through every one', { timeout: 120_000 }, async (t) => {
+    if (!(await shmWorks())) return t.skip('the shm transport does not run here');
+    const rounds = 40;
+    const p = program(new URL('./fixtures/shm-worker-churn.mjs', import.meta.url), { args: [busName(), String(rounds)], env: { SHMBUS_DIR: root } });
+    const { code } = await p.exited;
+    assert.equal(code, 0, p.describe());
+    assert.deepEqual(p.lines, [{ done: rounds, peers: [] }]);
+  });
+
   test('an open bus keeps its process alive until unref()', async (t) => {
     if (!(await shmWorks())) return t.skip('the shm transport does not run here');
     const script = (unref) =>
