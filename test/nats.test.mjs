@@ -485,3 +485,99 @@ test('an unref()d bus lets its process exit while the NATS server is down', { sk
     kill(server);
   }
 });
+
+test('requests pending across a NATS server restart settle once: answered after the reconnect or rejected with a clear error; messages after it arrive in order', { skip: skip || (!natsServerPath() && 'nats-server is not installed'), timeout: 60_000 }, async (t) => {
+  const port = await freePort();
+  const url = `nats://127.0.0.1:${port}`;
+  let server = await startServer(port);
+  const name = busName();
+  let me;
+  let alpha;
+  try {
+    me = await openHere(name, 'tester', { nats: { servers: url, reconnectTimeWait: 250 } });
+    alpha = await member(name, 'alpha', { NATS_URL: url });
+    await me.waitFor('alpha', { timeout: 5000 });
+    assert.equal(await me.request('echo', 'before', { to: 'alpha' }), 'before');
+
+    // Each request settles once; how and when is recorded.
+    const outcomes = [];
+    const track = (key, ms, timeout) => {
+      const asked = Date.now();
+      const settled = me.request('slow', { ms, value: key, key }, { to: 'alpha', timeout }).then(
+        (value) => ({ key, value }),
+        (err) => ({ key, code: err.code, message: err.message }),
+      );
+      return settled.then((outcome) => {
+        outcome.ms = Date.now() - asked;
+        outcome.timeout = timeout;
+        outcomes.push(outcome);
+        return outcome;
+      });
+    };
+    // Answered 3 s after it arrived: by then both members are back.
+    const later = track('later', 3000, 12_000);
+    // Answered 300 ms after it arrived: while the server is down.
+    const inOutage = track('inOutage', 300, 6000);
+    // Both have arrived once a later request is answered (one sender's frames come in order).
+    assert.deepEqual(await me.request('calls', null, { to: 'alpha' }), { later: 1, inOutage: 1 });
+    const exited = new Promise((resolve) => server.once('exit', resolve));
+    kill(server);
+    await exited;
+    // Sent while the server is down.
+    const whileDown = track('whileDown', 0, 6000);
+    await sleep(700);
+    server = await startServer(port);
+
+    const settled = await Promise.all([later, inOutage, whileDown]);
+    for (const o of settled) {
+      t.diagnostic(`${o.key}: ${o.code ?? `answered ${JSON.stringify(o.value)}`} after ${o.ms} ms (timeout ${o.timeout} ms)`);
+      if (o.code === undefined) assert.equal(o.value, o.key, 'the answer is the one to this request');
+      else {
+        assert.ok(['ERR_SHMBUS_PEER_GONE', 'ERR_SHMBUS_TIMEOUT'].includes(o.code), `${o.key}: ${o.code}: ${o.message}`);
+        assert.match(o.message, /alpha/, 'the error names the member');
+      }
+      // Never later than its timeout (with room for a loaded machine).
+      assert.ok(o.ms < o.timeout + 2000, `${o.key} settled after ${o.ms} ms`);
+    }
+    // Settled once each, and no late second answer comes.
+    await sleep(500);
+    assert.equal(outcomes.length, 3);
+
+    // Both members are back: requests are answered, and nothing was handled twice.
+    const deadline = Date.now() + 15_000;
+    let calls;
+    while (Date.now() < deadline) {
+      try {
+        await me.waitFor('alpha', { timeout: 1000 });
+        calls = await me.request('calls', null, { to: 'alpha', timeout: 1000 });
+        break;
+      } catch {
+        await sleep(100);
+      }
+    }
+    assert.ok(calls, 'alpha answers after the reconnect');
+    for (const [key, n] of Object.entries(calls)) assert.ok(n <= 1, `'${key}' was handled ${n} times`);
+    assert.equal(calls.later, 1, 'the request sent before the restart arrived');
+    assert.equal(await me.request('slow', { ms: 10, value: 'after', key: 'after' }, { to: 'alpha', timeout: 5000 }), 'after');
+
+    // Messages sent after the reconnect arrive in order, both ways.
+    const n = 2000;
+    for (let i = 0; i < n; i++) me.sendMessage('seq', i, 'alpha');
+    const got = [];
+    const done = new Promise((resolve) => me.on('seq', (v) => (got.push(v), got.length === n && resolve())));
+    await me.request('flood', { to: 'tester', n }, { to: 'alpha', timeout: 10_000 });
+    await done;
+    assert.deepEqual(got, Array.from({ length: n }, (_, i) => i));
+    let result;
+    for (let i = 0; i < 100; i++) {
+      result = await me.request('seqResult', null, { to: 'alpha', timeout: 5000 });
+      if (result.count >= n) break;
+      await sleep(50);
+    }
+    assert.deepEqual(result, { count: n, outOfOrder: 0 });
+  } finally {
+    if (alpha) kill(alpha);
+    await me?.close();
+    kill(server);
+  }
+});
