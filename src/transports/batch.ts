@@ -23,7 +23,9 @@ interface Lane {
  * code running now sends goes together), then handed to `post` as one batch per target. Frames
  * are copied in at once (the data was encoded at the call; the caller may change it next), into
  * slabs of SLAB_BYTES that successive batches share, as Buffer's own pool does: a batch costs no
- * allocation of its own, and no byte is copied twice.
+ * allocation of its own, and no byte is copied twice. With a `headroom`, every batch handed to
+ * `post` begins with that many bytes left for the poster to write a header of its own in, so that
+ * the message it sends needs no copy either.
  */
 export class Batcher<K> {
   private readonly lanes = new Map<K, Lane>();
@@ -34,17 +36,23 @@ export class Batcher<K> {
     for (const to of this.pending) this.flushOne(to);
   };
 
-  constructor(private readonly post: (to: K, batch: Buffer) => void) {}
+  constructor(
+    private readonly post: (to: K, batch: Buffer) => void,
+    private readonly headroom = 0,
+  ) {}
 
   add(to: K, seq: number, head: Uint8Array, body: Uint8Array): void {
-    const need = RECORD_HEAD + head.length + body.length;
     let lane = this.lanes.get(to);
-    if (!lane || lane.end + need > lane.slab.length) {
+    // The first frame of a batch comes after the batch's headroom.
+    const room = lane === undefined || lane.end === lane.start ? this.headroom : 0;
+    const need = RECORD_HEAD + head.length + body.length;
+    if (!lane || lane.end + room + need > lane.slab.length) {
       // A new slab; the part of this batch already written moves with it.
-      const slab = Buffer.allocUnsafe(Math.max(SLAB_BYTES, need + (lane ? lane.end - lane.start : 0)));
+      const slab = Buffer.allocUnsafe(Math.max(SLAB_BYTES, room + need + (lane ? lane.end - lane.start : 0)));
       const kept = lane ? lane.slab.copy(slab, 0, lane.start, lane.end) : 0;
       this.lanes.set(to, (lane = { slab, start: 0, end: kept }));
     }
+    lane.end += room;
     const { slab } = lane;
     let at = lane.end;
     slab.writeUInt32LE(head.length + body.length, at);

@@ -33,6 +33,8 @@ export interface PresenceTuning {
 export interface Peer {
   readonly id: MemberId;
   readonly token: string;
+  /** Its member subject, where frames to it alone go. */
+  readonly subject: string;
   readonly epoch: number;
   lastSeen: number;
   /** The peer's own heartbeat interval (it may differ from this member's): expiry allows for it. */
@@ -85,12 +87,12 @@ export class Presence {
     private readonly subjects: Subjects,
     private readonly tune: PresenceTuning,
     private readonly link: PresenceLink,
-  ) {}
+  ) {
+    this.sender = { id: self.id, epoch: self.epoch, instance: self.instance, heartbeatInterval: tune.heartbeatInterval };
+  }
 
   /** The sender fields of this member's control messages. */
-  get sender(): ControlSender {
-    return { id: this.self.id, epoch: this.self.epoch, instance: this.self.instance, heartbeatInterval: this.tune.heartbeatInterval };
-  }
+  readonly sender: ControlSender;
 
   // -------------------------------------------------------------------------------------------
   // Joining and leaving
@@ -195,7 +197,8 @@ export class Presence {
       peer.lastSeen = now;
       return peer;
     }
-    peer = { id, token: idToken(id), epoch, lastSeen: now, interval: 0 };
+    const token = idToken(id);
+    peer = { id, token, subject: this.subjects.member(token), epoch, lastSeen: now, interval: 0 };
     this.members.set(id, peer);
     debug('nats %s: %s joined (epoch %d)', this.self.busName, id, epoch);
     this.link.joined(peer);

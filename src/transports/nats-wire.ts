@@ -195,13 +195,20 @@ export class FrameWriter {
     if (this.from.length > 255) throw new RangeError('the id token is over 255 bytes');
   }
 
-  /** A batch (batch.ts) as one message, with `ack` if there is one. */
+  /** The bytes a batch (batch.ts) leaves before its frames for this header: the Batcher's headroom. */
+  get batchHeadroom(): number {
+    return FIXED + ACK_BLOCK + this.from.length;
+  }
+
+  /**
+   * A batch as one message: `batch` begins with batchHeadroom bytes, and the header is written in
+   * them (no copy of the frames).
+   */
   batch(stream: Stream, batch: Buffer, ack: FrameAck | undefined): Buffer {
-    const at = FIXED + (ack ? ACK_BLOCK : 0);
-    const buf = Buffer.allocUnsafe(at + this.from.length + batch.length);
+    const hdr = FIXED + (ack ? ACK_BLOCK : 0) + this.from.length;
+    const buf = batch.subarray(this.batchHeadroom - hdr);
     this.fixed(buf, FrameKind.BATCH, stream, 0, FIXED, ack);
-    this.from.copy(buf, at);
-    buf.set(batch, at + this.from.length);
+    this.from.copy(buf, hdr - this.from.length);
     return buf;
   }
 

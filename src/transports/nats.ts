@@ -160,7 +160,7 @@ class NatsTransport implements Transport {
   private reporting = false;
   private maxPayload = DEFAULT_MAX_PAYLOAD;
   private readonly flow: FlowControl;
-  private readonly batches = new Batcher<MemberId | typeof EVERYONE>((to, batch) => this.publishBatch(to, batch));
+  private readonly batches: Batcher<MemberId | typeof EVERYONE>;
   /** Requests the bus has pending, per target: while there are any, the target is probed. */
   private readonly pendingTo = new Map<MemberId, number>();
   private held = true;
@@ -177,6 +177,7 @@ class NatsTransport implements Transport {
     this.epoch = (randomBytes(4).readUInt32LE(0) | 1) >>> 0;
     const instance = randomBytes(8).toString('hex');
     this.writer = new FrameWriter(token, this.epoch);
+    this.batches = new Batcher((to, batch) => this.publishBatch(to, batch), this.writer.batchHeadroom);
     this.subjects = new Subjects(this.tune.subjectPrefix, ctx.busName, instance);
     const link: PresenceLink = {
       publish: (subject, message, reply) => this.publishControl(subject, message, reply),
@@ -317,7 +318,7 @@ class NatsTransport implements Transport {
 
   private sendOn(nc: NatsConnection, targets: readonly MemberId[], head: Uint8Array, body: Uint8Array): void {
     const size = head.length + body.length;
-    const maxPayload = nc.info?.max_payload ?? this.maxPayload;
+    const maxPayload = this.maxPayload;
     const now = Date.now();
     const members = this.members;
 
@@ -341,7 +342,7 @@ class NatsTransport implements Transport {
         this.batches.add(id, seq, head, body);
         continue;
       }
-      this.publishFrame(nc, this.subjects.member(peer.token), UNICAST, seq, head, body, maxPayload, this.probeReply(peer), this.ackFor(peer));
+      this.publishFrame(nc, peer.subject, UNICAST, seq, head, body, maxPayload, this.probeReply(peer), this.ackFor(peer));
     }
   }
 
@@ -354,7 +355,7 @@ class NatsTransport implements Transport {
     const message = this.writer.batch(peer ? UNICAST : BROADCAST, batch, peer && this.ackFor(peer));
     const reply = peer && this.probeReply(peer);
     try {
-      nc.publish(peer ? this.subjects.member(peer.token) : this.subjects.all, message, reply ? { reply } : undefined);
+      nc.publish(peer ? peer.subject : this.subjects.all, message, reply ? { reply } : undefined);
     } catch (err) {
       this.report(new ShmbusError('ERR_SHMBUS_TRANSPORT', `the NATS client refused a batch of messages: ${(err as Error)?.message ?? err}`, { cause: err }));
     }
@@ -392,7 +393,7 @@ class NatsTransport implements Transport {
 
   private sendAck(to: MemberId, ack: Ack): void {
     const peer = this.members.get(to);
-    if (peer && this.presence.state === 'member') this.publishControl(this.subjects.member(peer.token), { kind: 'ack', targetEpoch: peer.epoch, unicast: ack.u, broadcast: ack.b });
+    if (peer && this.presence.state === 'member') this.publishControl(peer.subject, { kind: 'ack', targetEpoch: peer.epoch, unicast: ack.u, broadcast: ack.b });
   }
 
   private publishControl(subject: string, message: Control, reply?: string): void {
@@ -517,7 +518,7 @@ class NatsTransport implements Transport {
     const stalled = this.flow.stalled(peer.id, SYNC_AFTER, now);
     if (this.pendingTo.has(peer.id) || stalled) {
       const { u, b } = this.flow.sentUpTo(peer.id);
-      this.publishControl(this.subjects.member(peer.token), { kind: 'sync', unicast: u, broadcast: b }, this.subjects.noResponders(peer.token, peer.epoch));
+      this.publishControl(peer.subject, { kind: 'sync', unicast: u, broadcast: b }, this.subjects.noResponders(peer.token, peer.epoch));
     }
   }
 
