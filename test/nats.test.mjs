@@ -413,43 +413,62 @@ async function startServer(port) {
   throw new Error(`nats-server did not start on port ${port}`);
 }
 
+async function stopServer(server) {
+  const exited = new Promise((resolve) => server.once('exit', resolve));
+  kill(server);
+  await exited;
+}
+
+/**
+ * Opens 'tester' here and starts member 'alpha' as a program, both on the server at `url`, into
+ * `pair` (which closePair() ends, also when this fails half-way); alpha has answered once.
+ */
+async function openPair(url, pair) {
+  const name = busName();
+  pair.me = await openHere(name, 'tester', { nats: { servers: url, reconnectTimeWait: 250 } });
+  pair.alpha = await member(name, 'alpha', { NATS_URL: url });
+  await pair.me.waitFor('alpha', { timeout: 5000 });
+  assert.equal(await pair.me.request('echo', 'before', { to: 'alpha' }), 'before');
+  return pair;
+}
+
+async function closePair({ me, alpha }) {
+  if (alpha) kill(alpha);
+  await me?.close();
+}
+
+/** `to`'s answer once it is a member again after a reconnect (it may have left and rejoined meanwhile); undefined if not within 15 s. */
+async function answerOnceBack(me, to, action, data) {
+  const deadline = Date.now() + 15_000;
+  while (Date.now() < deadline) {
+    try {
+      await me.waitFor(to, { timeout: 1000 });
+      return await me.request(action, data, { to, timeout: 1000 });
+    } catch {
+      await sleep(100);
+    }
+  }
+  return undefined;
+}
+
 test('a NATS server restart: members reconnect, re-announce and go on', { skip: skip || (!natsServerPath() && 'nats-server is not installed'), timeout: 40_000 }, async (t) => {
   const port = await freePort();
-  const url = `nats://127.0.0.1:${port}`;
   let server = await startServer(port);
-  const name = busName();
-  let me;
-  let alpha;
+  const pair = {};
   try {
-    me = await openHere(name, 'tester', { nats: { servers: url, reconnectTimeWait: 250 } });
-    alpha = await member(name, 'alpha', { NATS_URL: url });
-    await me.waitFor('alpha', { timeout: 5000 });
-    assert.equal(await me.request('echo', 'before', { to: 'alpha' }), 'before');
+    const { me, alpha } = await openPair(`nats://127.0.0.1:${port}`, pair);
     me.sendMessage('m', 0, 'alpha');
     const errors = [];
     me.on('error', (err) => errors.push(err.message));
 
-    const exited = new Promise((resolve) => server.once('exit', resolve));
-    kill(server);
-    await exited;
+    await stopServer(server);
     // Sent while the connection is down: lost (at most once), and the receiver says so later.
     for (let i = 1; i <= 20; i++) me.sendMessage('m', i, 'alpha');
     await sleep(500);
     server = await startServer(port);
 
-    // Within a few seconds alpha is a member again (it may have left and rejoined meanwhile).
-    const deadline = Date.now() + 15_000;
-    let answer;
-    while (Date.now() < deadline) {
-      try {
-        await me.waitFor('alpha', { timeout: 1000 });
-        answer = await me.request('echo', 'after', { to: 'alpha', timeout: 1000 });
-        break;
-      } catch {
-        await sleep(100);
-      }
-    }
-    assert.equal(answer, 'after');
+    // Within a few seconds alpha is a member again.
+    assert.equal(await answerOnceBack(me, 'alpha', 'echo', 'after'), 'after');
     assert.ok(errors.some((m) => /lost the connection/.test(m)), `errors: ${JSON.stringify(errors)}`);
     const lost = await line(alpha, (l) => l.note === 'error' && /were lost/.test(l.message), 5000);
     t.diagnostic(`alpha reported: ${lost.message}`);
@@ -460,8 +479,7 @@ test('a NATS server restart: members reconnect, re-announce and go on', { skip: 
     await done;
     assert.deepEqual(got, Array.from({ length: 1000 }, (_, i) => i));
   } finally {
-    if (alpha) kill(alpha);
-    await me?.close();
+    await closePair(pair);
     kill(server);
   }
 });
@@ -473,9 +491,7 @@ test('an unref()d bus lets its process exit while the NATS server is down', { sk
   try {
     m = start(MEMBER, { BUS: busName(), SHMBUS_ID: 'u', MODE: 'unref-later', HOLD_MS: '1500', NATS_URL: `nats://127.0.0.1:${port}` });
     await line(m, (l) => l.ready, 15_000);
-    const stopped = new Promise((resolve) => server.once('exit', resolve));
-    kill(server);
-    await stopped;
+    await stopServer(server);
     // The member's own timer ends with the server still down: only the unref()d bus is left.
     await line(m, (l) => l.note === 'released', 10_000);
     const end = await Promise.race([m.exited, sleep(10_000).then(() => 'still running 10 s later')]);
@@ -488,16 +504,10 @@ test('an unref()d bus lets its process exit while the NATS server is down', { sk
 
 test('requests pending across a NATS server restart settle once: answered after the reconnect or rejected with a clear error; messages after it arrive in order', { skip: skip || (!natsServerPath() && 'nats-server is not installed'), timeout: 60_000 }, async (t) => {
   const port = await freePort();
-  const url = `nats://127.0.0.1:${port}`;
   let server = await startServer(port);
-  const name = busName();
-  let me;
-  let alpha;
+  const pair = {};
   try {
-    me = await openHere(name, 'tester', { nats: { servers: url, reconnectTimeWait: 250 } });
-    alpha = await member(name, 'alpha', { NATS_URL: url });
-    await me.waitFor('alpha', { timeout: 5000 });
-    assert.equal(await me.request('echo', 'before', { to: 'alpha' }), 'before');
+    const { me } = await openPair(`nats://127.0.0.1:${port}`, pair);
 
     // Each request settles once; how and when is recorded.
     const outcomes = [];
@@ -520,9 +530,7 @@ test('requests pending across a NATS server restart settle once: answered after 
     const inOutage = track('inOutage', 300, 6000);
     // Both have arrived once a later request is answered (one sender's frames come in order).
     assert.deepEqual(await me.request('calls', null, { to: 'alpha' }), { later: 1, inOutage: 1 });
-    const exited = new Promise((resolve) => server.once('exit', resolve));
-    kill(server);
-    await exited;
+    await stopServer(server);
     // Sent while the server is down.
     const whileDown = track('whileDown', 0, 6000);
     await sleep(700);
@@ -544,17 +552,7 @@ test('requests pending across a NATS server restart settle once: answered after 
     assert.equal(outcomes.length, 3);
 
     // Both members are back: requests are answered, and nothing was handled twice.
-    const deadline = Date.now() + 15_000;
-    let calls;
-    while (Date.now() < deadline) {
-      try {
-        await me.waitFor('alpha', { timeout: 1000 });
-        calls = await me.request('calls', null, { to: 'alpha', timeout: 1000 });
-        break;
-      } catch {
-        await sleep(100);
-      }
-    }
+    const calls = await answerOnceBack(me, 'alpha', 'calls', null);
     assert.ok(calls, 'alpha answers after the reconnect');
     for (const [key, n] of Object.entries(calls)) assert.ok(n <= 1, `'${key}' was handled ${n} times`);
     assert.equal(calls.later, 1, 'the request sent before the restart arrived');
@@ -576,8 +574,7 @@ test('requests pending across a NATS server restart settle once: answered after 
     }
     assert.deepEqual(result, { count: n, outOfOrder: 0 });
   } finally {
-    if (alpha) kill(alpha);
-    await me?.close();
+    await closePair(pair);
     kill(server);
   }
 });

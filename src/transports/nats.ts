@@ -38,7 +38,7 @@ import { show } from '../ids';
 import { BATCH_BYTES, Batcher, readBatch } from './batch';
 import { BROADCAST, FlowControl, UNICAST, type Ack, type Stream } from './flow';
 import { Presence, type Peer, type PresenceLink, type PresenceTuning } from './nats-presence';
-import { ChunkJoiner, FrameKind, FrameWriter, Subjects, TokenIds, decodeControl, encodeControl, idToken, isControl, readFrame, type Control, type FrameAck, type WireFrame } from './nats-wire';
+import { ChunkJoiner, FrameKind, FrameWriter, Subjects, TokenIds, decodeControl, encodeControl, idToken, isControl, readFrame, type Control, type FrameAck } from './nats-wire';
 import type { MemberId, Transport, TransportContext } from './transport';
 
 const debug = debuglog('shmbus');
