@@ -6,6 +6,7 @@
         "native/binding.cc",
         "native/bus_dir.cc",
         "native/doorbell.cc",
+        "native/floor.cc",
         "native/handshake.cc",
         "native/member.cc",
         "native/ring.cc",

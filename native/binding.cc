@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "bus_dir.h"
+#include "floor.h"
 #include "handshake.h"
 #include "member.h"
 
@@ -438,7 +439,58 @@ Napi::Value Sweep(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), shmbus::busdir_sweep(info[0].As<Napi::String>().Utf8Value().c_str()));
 }
 
+// floor({ role: 'drive' | 'serve', dir, id, peer, ringSize, maxMessageSize, maxQueueBytes,
+//         payloads, warmupMs, rttMs, tpMs }, onResult) -> '' when done, else what failed.
+// Blocks the calling thread for the whole run (see floor.h): for a process of its own.
+Napi::Value Floor(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsFunction()) {
+    Napi::TypeError::New(env, "floor(options, onResult)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Object o = info[0].As<Napi::Object>();
+  Napi::Function on_result = info[1].As<Napi::Function>();
+  auto num = [&](const char* key) { return o.Get(key).ToNumber().Int64Value(); };
+  shmbus::FloorOptions options;
+  options.dir = o.Get("dir").ToString().Utf8Value();
+  options.id = o.Get("id").ToString().Utf8Value();
+  options.peer_id = o.Get("peer").ToString().Utf8Value();
+  options.ring_capacity = static_cast<size_t>(num("ringSize"));
+  options.max_message = static_cast<size_t>(num("maxMessageSize"));
+  options.max_queue = static_cast<uint64_t>(num("maxQueueBytes"));
+  std::string err;
+  bool ok;
+  if (o.Get("role").ToString().Utf8Value() == "serve") {
+    ok = shmbus::floor_serve(options, &err);
+  } else {
+    shmbus::FloorPlan plan;
+    Napi::Array payloads = o.Get("payloads").As<Napi::Array>();
+    for (uint32_t i = 0; i < payloads.Length(); i++)
+      plan.payloads.push_back(static_cast<size_t>(payloads.Get(i).ToNumber().Int64Value()));
+    plan.warmup_ns = static_cast<uint64_t>(num("warmupMs")) * 1'000'000;
+    plan.rtt_ns = static_cast<uint64_t>(num("rttMs")) * 1'000'000;
+    plan.tp_ns = static_cast<uint64_t>(num("tpMs")) * 1'000'000;
+    ok = shmbus::floor_drive(options, plan, [&](const shmbus::FloorResult& r) {
+      Napi::HandleScope scope(env);
+      Napi::Object x = Napi::Object::New(env);
+      x.Set("payload", double(r.payload));
+      x.Set("p50", double(r.p50));
+      x.Set("p99", double(r.p99));
+      x.Set("p999", double(r.p999));
+      x.Set("max", double(r.max));
+      x.Set("count", double(r.count));
+      x.Set("msgs", double(r.msgs));
+      x.Set("seconds", r.seconds);
+      x.Set("rttCpuMs", r.rtt_cpu_ms);
+      x.Set("tpCpuMs", r.tp_cpu_ms);
+      on_result.Call({x});
+    }, &err);
+  }
+  return Napi::String::New(env, ok ? std::string() : err.empty() ? std::string("failed") : err);
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("floor", Napi::Function::New(env, Floor, "floor"));
   exports.Set("Bus", Bus::Init(env));
   exports.Set("sweep", Napi::Function::New(env, Sweep, "sweep"));
   exports.Set("protocolVersion", Napi::Number::New(env, shmbus::kProtocolVersion));

@@ -47,11 +47,43 @@ export interface NativeBus {
   close(): void;
 }
 
+/** A run of the shm transport's floor: see native/floor.h. */
+export interface NativeFloorOptions {
+  /** 'drive' measures; 'serve' (the other process) echoes and counts until the driver quits. */
+  role: 'drive' | 'serve';
+  dir: string;
+  id: string;
+  peer: string;
+  ringSize: number;
+  maxMessageSize: number;
+  maxQueueBytes: number;
+  payloads?: number[];
+  warmupMs?: number;
+  rttMs?: number;
+  tpMs?: number;
+}
+
+/** One payload's measurements: round trips in ns, throughput, CPU of both processes. */
+export interface NativeFloorResult {
+  payload: number;
+  p50: number;
+  p99: number;
+  p999: number;
+  max: number;
+  count: number;
+  msgs: number;
+  seconds: number;
+  rttCpuMs: number;
+  tpCpuMs: number;
+}
+
 export interface NativeAddon {
   Bus: new (options: NativeBusOptions, deliver: NativeDeliver) => NativeBus;
   /** Removes a bus directory whose members all died (their files, then it): whether it is gone. */
   sweep(dir: string): boolean;
   protocolVersion: number;
+  /** Blocks the thread for the whole run; '' when done, else what failed. */
+  floor(options: NativeFloorOptions, onResult: (r: NativeFloorResult) => void): string;
 }
 
 let cached: { addon: NativeAddon } | { reason: string } | undefined;

@@ -70,6 +70,8 @@ export interface ResolvedOptions {
 }
 
 const BUS_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
+export const DEFAULT_MAX_MESSAGE_SIZE = 64 * 2 ** 20;
+export const DEFAULT_MAX_QUEUE_BYTES = 64 * 2 ** 20;
 const TRANSPORTS = ['auto', 'shm', 'process', 'nats'];
 const KNOWN = new Set(['name', 'id', 'transport', 'codec', 'requestTimeout', 'maxMessageSize', 'maxQueueBytes', 'shm', 'process', 'nats']);
 
@@ -152,8 +154,8 @@ export function resolveOptions(options: unknown): ResolvedOptions {
     transport,
     codec,
     requestTimeout: positiveInt(o.requestTimeout, 'requestTimeout', 30_000),
-    maxMessageSize: positiveInt(o.maxMessageSize, 'maxMessageSize', 64 * 2 ** 20),
-    maxQueueBytes: positiveInt(o.maxQueueBytes, 'maxQueueBytes', 64 * 2 ** 20),
+    maxMessageSize: positiveInt(o.maxMessageSize, 'maxMessageSize', DEFAULT_MAX_MESSAGE_SIZE),
+    maxQueueBytes: positiveInt(o.maxQueueBytes, 'maxQueueBytes', DEFAULT_MAX_QUEUE_BYTES),
     shm: section(o.shm, 'shm'),
     process: section(o.process, 'process'),
     nats: section(o.nats, 'nats'),

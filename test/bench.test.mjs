@@ -53,6 +53,28 @@ test('bench --json prints one result per transport, codec and payload, and nothi
   }
 });
 
+test('bench --transports floor: rows of its own (codec raw), and shm against it in the table', async (t) => {
+  if (!(await shmWorks())) return t.skip('the shm transport does not run here');
+  const r = shmbus(['bench', '--json', '--quick', '--transports', 'floor,shm', '--codecs', 'raw', '--payloads', '64,65536']);
+  assert.equal(r.status, 0, `exit ${r.status} ${r.signal ?? ''}\n${r.stderr}`);
+  const out = JSON.parse(r.stdout);
+  assert.deepEqual(out.results.map((x) => `${x.transport}/${x.codec}/${x.payload}`), ['floor/raw/64', 'floor/raw/65536', 'shm/raw/64', 'shm/raw/65536']);
+  for (const x of out.results) {
+    for (const v of [...Object.values(x.rtt_us), x.msgs_per_s, x.mb_per_s, x.cpu_ms]) assert.ok(Number.isFinite(v) && v > 0, JSON.stringify(x));
+    assert.ok(x.rtt_us.p50 <= x.rtt_us.p99 && x.rtt_us.p99 <= x.rtt_us.p999 && x.rtt_us.p999 <= x.rtt_us.max, JSON.stringify(x));
+  }
+
+  const table = shmbus(['bench', '--quick', '--transports', 'floor,shm', '--codecs', 'raw', '--payloads', '64']);
+  assert.equal(table.status, 0, `exit ${table.status} ${table.signal ?? ''}\n${table.stderr}`);
+  assert.match(table.stdout, /^floor\s+raw\s+64 B/m);
+  const lines = table.stdout.split('\n');
+  const at = lines.findIndex((l) => l.startsWith('Against its floor'));
+  assert.ok(at > 0, table.stdout);
+  const ratio = '(\\d+(\\.\\d)?x (faster|slower) than|about as fast as)';
+  assert.match(lines[at + 1], new RegExp(`^  shm raw 64 B\\s+round trip ${ratio} floor; messages/s ${ratio} floor$`));
+  assert.equal(lines[at + 2], '');
+});
+
 /** The server the nats transport and natsraw look for by default, if one answers: its max_payload. */
 async function natsMaxPayload() {
   try {

@@ -18,9 +18,14 @@ import { renderSvg } from './svg';
 
 export type { Machine, Result };
 
-export const TRANSPORTS: readonly BenchTransport[] = ['shm', 'process', 'nats', 'ipc', 'uds', 'natsraw'];
+export const TRANSPORTS: readonly BenchTransport[] = ['shm', 'process', 'nats', 'ipc', 'uds', 'natsraw', 'floor'];
 export const CODECS: readonly BenchCodec[] = ['raw', 'v8', 'json'];
+/** What users have today, that the shmbus transports are measured against. */
 const REFERENCES = new Set<BenchTransport>(['ipc', 'uds', 'natsraw']);
+/** What the shm transport is measured against: its own rings with no JS (native/floor.h). */
+const FLOOR = 'floor';
+/** Run before the others, so that every later progress line can carry its ratios. */
+const runsFirst = (t: BenchTransport): boolean => REFERENCES.has(t) || t === FLOOR;
 const MAX_PAYLOAD = 64 * 2 ** 20 - 4096;
 
 export interface BenchOptions {
@@ -55,6 +60,12 @@ respected and every message checked (messages/s, MB/s), and the CPU time both pr
                        natsraw: the NATS client itself on 127.0.0.1:4222 (codec raw): round
                        trips as request/reply; throughput a publish loop with a flush every
                        1000 messages (or 8 MiB); payloads over the server's max_payload: n/a
+                       floor (not in the default list): the shm transport's own rings, records,
+                       handshake and doorbell rules, driven from native code alone in both
+                       processes (no JS, no event loop), busy-polling (yielding the CPU after
+                       5 µs with nothing read, as shm does), each message copied out of the
+                       ring once and checked (codec raw): what shm would do with no JS on this
+                       machine; shm rows get their ratio to it
   --payloads LIST    payload sizes in bytes, 8 to 64 MiB (default 64,1024,65536,1048576)
   --codecs LIST      raw, v8, json for the shmbus transports (default raw,v8)
   --duration S       seconds for each measured phase of each combination (default 2)
@@ -164,7 +175,7 @@ export function parseBenchArgs(args: readonly string[]): BenchOptions | 'help' {
 /** The codecs a transport runs with: the references have one each. */
 export function codecsOf(t: BenchTransport, codecs: readonly BenchCodec[]): BenchCodec[] {
   if (t === 'ipc') return ['json'];
-  if (t === 'uds' || t === 'natsraw') return ['raw'];
+  if (t === 'uds' || t === 'natsraw' || t === FLOOR) return ['raw'];
   return [...codecs];
 }
 
@@ -250,7 +261,7 @@ function fmtRatio(x: number, ref: string): string {
   return `${times(1 / x)} slower than ${ref}`;
 }
 
-type Reference = 'ipc' | 'uds' | 'natsraw';
+type Reference = 'ipc' | 'uds' | 'natsraw' | typeof FLOOR;
 
 function refOf(results: readonly Result[], transport: Reference, payload: number): Result | undefined {
   return results.find((r) => r.transport === transport && r.payload === payload);
@@ -258,9 +269,13 @@ function refOf(results: readonly Result[], transport: Reference, payload: number
 
 /** r against each reference measured at its payload: "3.1x faster than ipc, 1.4x slower than uds". */
 function ratios(results: readonly Result[], r: Result, pick: (x: Result) => number, lowerIsBetter: boolean): string {
-  const parts: string[] = [];
   // The raw NATS client is what the nats transport is measured against.
   const refs: readonly Reference[] = r.transport === 'nats' ? ['ipc', 'uds', 'natsraw'] : ['ipc', 'uds'];
+  return refRatios(results, r, refs, pick, lowerIsBetter);
+}
+
+function refRatios(results: readonly Result[], r: Result, refs: readonly Reference[], pick: (x: Result) => number, lowerIsBetter: boolean): string {
+  const parts: string[] = [];
   for (const ref of refs) {
     if (r.transport === ref) continue;
     const b = refOf(results, ref, r.payload);
@@ -270,11 +285,31 @@ function ratios(results: readonly Result[], r: Result, pick: (x: Result) => numb
   return parts.filter(Boolean).join(', ');
 }
 
+/** shm against its floor at r's payload ('' for other transports, or with no floor measured). */
+function floorRatio(results: readonly Result[], r: Result, pick: (x: Result) => number, lowerIsBetter: boolean): string {
+  return r.transport === 'shm' ? refRatios(results, r, [FLOOR], pick, lowerIsBetter) : '';
+}
+
 export function progressLine(results: readonly Result[], r: Result): string {
-  const rtt = ratios(results, r, (x) => x.rtt_us.p50, true);
-  const tp = ratios(results, r, (x) => x.msgs_per_s, false);
+  const both = (pick: (x: Result) => number, lowerIsBetter: boolean): string =>
+    [ratios(results, r, pick, lowerIsBetter), floorRatio(results, r, pick, lowerIsBetter)].filter(Boolean).join(', ');
+  const rtt = both((x) => x.rtt_us.p50, true);
+  const tp = both((x) => x.msgs_per_s, false);
   return `${label(r)}: p50 ${fmtUs(r.rtt_us.p50)}${rtt ? ` (${rtt})` : ''}, p99 ${fmtUs(r.rtt_us.p99)}; ` +
     `${fmtNum(r.msgs_per_s)} msgs/s${tp ? ` (${tp})` : ''}, ${fmtNum(r.mb_per_s)} MB/s; cpu ${fmtNum(r.cpu_ms)} ms`;
+}
+
+type Ratios = (r: Result, pick: (x: Result) => number, lowerIsBetter: boolean) => string;
+
+/** One line per row: its round trip and messages/s against references, in words. */
+function againstLines(rows: readonly Result[], ratiosOf: Ratios): string[] {
+  const name = (r: Result): string => `${r.transport} ${r.codec} ${fmtBytes(r.payload)}`;
+  const w = Math.max(...rows.map((r) => name(r).length));
+  return rows.map((r) => {
+    const rtt = ratiosOf(r, (x) => x.rtt_us.p50, true);
+    const tp = ratiosOf(r, (x) => x.msgs_per_s, false);
+    return `  ${name(r).padEnd(w)}  round trip ${rtt || '-'}; messages/s ${tp || '-'}`;
+  });
 }
 
 export function renderTable(results: readonly Result[], m: Machine, o: BenchOptions, notMeasured: readonly NotMeasured[] = []): string {
@@ -307,16 +342,16 @@ export function renderTable(results: readonly Result[], m: Machine, o: BenchOpti
     ...text.slice(1),
     ...notMeasured.map((n) => `n/a: ${n.transport} ${fmtBytes(n.payload)}: ${n.reason}`),
   ];
-  const measured = results.filter((r) => !REFERENCES.has(r.transport));
+  const measured = results.filter((r) => !REFERENCES.has(r.transport) && r.transport !== FLOOR);
   if (measured.length > 0 && results.some((r) => REFERENCES.has(r.transport))) {
     const natsraw = results.some((r) => r.transport === 'natsraw') ? '; natsraw: the NATS client, for nats' : '';
     out.push('', `Against what users have today (ipc: child.send(); uds: a Unix socket${natsraw}), at the same payload:`);
-    const w = Math.max(...measured.map((r) => `${r.transport} ${r.codec} ${fmtBytes(r.payload)}`.length));
-    for (const r of measured) {
-      const rtt = ratios(results, r, (x) => x.rtt_us.p50, true);
-      const tp = ratios(results, r, (x) => x.msgs_per_s, false);
-      out.push(`  ${`${r.transport} ${r.codec} ${fmtBytes(r.payload)}`.padEnd(w)}  round trip ${rtt || '-'}; messages/s ${tp || '-'}`);
-    }
+    out.push(...againstLines(measured, (r, pick, lower) => ratios(results, r, pick, lower)));
+  }
+  const shm = results.filter((r) => floorRatio(results, r, (x) => x.msgs_per_s, false) !== '');
+  if (shm.length > 0) {
+    out.push('', 'Against its floor (floor: the same rings driven from native code alone, busy-polling), at the same payload:');
+    out.push(...againstLines(shm, (r, pick, lower) => floorRatio(results, r, pick, lower)));
   }
   return out.join('\n') + '\n';
 }
@@ -345,8 +380,7 @@ export async function runBench(o: BenchOptions): Promise<number> {
   const stamp = `${process.pid}-${Date.now().toString(36)}`;
   const warmupMs = Math.round(Math.min(1000, Math.max(100, o.duration * 250)));
   const phaseMs = Math.round(o.duration * 1000);
-  // The references run first, so that every later progress line can carry its ratios.
-  const order = [...o.transports].sort((a, b) => Number(REFERENCES.has(b)) - Number(REFERENCES.has(a)));
+  const order = [...o.transports].sort((a, b) => Number(runsFirst(b)) - Number(runsFirst(a)));
   const plan = order.flatMap((t) => codecsOf(t, o.codecs).map((codec) => ({ transport: t, codec })));
   const total = plan.length * o.payloads.length;
   const load = os.loadavg()[0];

@@ -12,6 +12,8 @@
  * ipc:       A forks B; strings go through child.send() / process.send() on the JSON channel.
  * uds:       A listens on a Unix socket, spawns B, which connects.
  * natsraw:   A and B each connect to the NATS server (127.0.0.1:4222) with the client itself.
+ * floor:     A makes a bus directory and spawns B; each hands the whole run to the addon's
+ *            floor() (native/floor.h), which blocks: no JS and no event loop while it measures.
  */
 import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { createHistogram, performance, type RecordableHistogram } from 'node:perf_hooks';
@@ -21,7 +23,7 @@ import * as path from 'node:path';
 import * as fs from 'node:fs';
 import { BusLink, IpcLink, NatsRawLink, UdsLink, SENT, NOT_SENT, type Ctl, type Data, type Link, type RawNats } from './link';
 
-export type BenchTransport = 'shm' | 'process' | 'nats' | 'ipc' | 'uds' | 'natsraw';
+export type BenchTransport = 'shm' | 'process' | 'nats' | 'ipc' | 'uds' | 'natsraw' | 'floor';
 export type BenchCodec = 'raw' | 'v8' | 'json';
 
 export interface MemberConfig {
@@ -34,6 +36,8 @@ export interface MemberConfig {
   spinUs?: number;
   bus: string;
   sock?: string;
+  /** floor: the bus directory the driver made. */
+  dir?: string;
 }
 
 /** What the driver prints, one JSON line each, on stdout. */
@@ -159,6 +163,8 @@ async function driverLink(cfg: MemberConfig, state: { done: boolean }): Promise<
       fs.rmSync(sock, { force: true });
       return { link: new UdsLink(conn), child };
     }
+    case 'floor':
+      throw new BenchFailure('the floor has no JS link: see floorDriver()');
   }
 }
 
@@ -184,6 +190,8 @@ async function peerLink(cfg: MemberConfig): Promise<Link> {
       await new Promise<void>((resolve, reject) => conn.once('connect', resolve).once('error', reject));
       return new UdsLink(conn);
     }
+    case 'floor':
+      throw new BenchFailure('the floor has no JS link: see floorPeer()');
   }
 }
 
@@ -341,7 +349,72 @@ async function flood(link: Link, p: Payload, ms: number): Promise<{ msgs: number
   return { msgs: seq, seconds, peer };
 }
 
+// ---------------------------------------------------------------------------------------------
+// The floor: both sides in native code (native/floor.h).
+
+function floorAddon(): import('../native').NativeAddon {
+  const loaded = (require('../native') as typeof import('../native')).loadNative();
+  if ('reason' in loaded) {
+    out({ type: 'unavailable', reason: loaded.reason });
+    process.exit(EXIT_UNAVAILABLE);
+  }
+  return loaded.addon;
+}
+
+function floorOptions(cfg: MemberConfig, role: 'drive' | 'serve'): import('../native').NativeFloorOptions {
+  const { DEFAULT_RING_SIZE } = require('../transports/shm') as typeof import('../transports/shm');
+  const { DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_QUEUE_BYTES } = require('../options') as typeof import('../options');
+  return {
+    role,
+    dir: cfg.dir!,
+    id: role === 'drive' ? '0' : '1',
+    peer: role === 'drive' ? '1' : '0',
+    ringSize: DEFAULT_RING_SIZE,
+    maxMessageSize: DEFAULT_MAX_MESSAGE_SIZE,
+    maxQueueBytes: DEFAULT_MAX_QUEUE_BYTES,
+  };
+}
+
+async function floorDriver(cfg: MemberConfig): Promise<void> {
+  const addon = floorAddon();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'shmbus-floor-'));
+  const withDir = { ...cfg, dir };
+  const child = spawn(process.execPath, [...benchNodeArgs(), ...peerArgs(withDir)], { stdio: ['ignore', 'ignore', 'inherit'] });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  let failure: string;
+  try {
+    failure = addon.floor({ ...floorOptions(withDir, 'drive'), payloads: cfg.payloads, warmupMs: cfg.warmupMs, rttMs: cfg.rttMs, tpMs: cfg.tpMs }, (r) => {
+      out({
+        type: 'result',
+        transport: 'floor',
+        codec: cfg.codec,
+        payload: r.payload,
+        rtt_ns: { p50: r.p50, p99: r.p99, p999: r.p999, max: r.max, count: r.count },
+        msgs: r.msgs,
+        seconds: r.seconds,
+        cpu_ms: r.rttCpuMs + r.tpCpuMs,
+        rtt_cpu_ms: r.rttCpuMs,
+        tp_cpu_ms: r.tpCpuMs,
+      });
+    });
+  } finally {
+    const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+    if (child.exitCode === null && child.signalCode === null) await exited;
+    clearTimeout(timer);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  if (failure !== '') throw new BenchFailure(`floor: ${failure}`);
+  process.exit(0);
+}
+
+function floorPeer(cfg: MemberConfig): void {
+  const failure = floorAddon().floor(floorOptions(cfg, 'serve'), () => undefined);
+  if (failure !== '') process.stderr.write(`shmbus bench floor peer: ${failure}\n`);
+  process.exit(failure === '' ? 0 : 1);
+}
+
 async function driver(cfg: MemberConfig): Promise<void> {
+  if (cfg.transport === 'floor') return floorDriver(cfg);
   const state = { done: false };
   const { link, child } = await driverLink(cfg, state);
   for (const size of cfg.payloads) {
@@ -407,6 +480,7 @@ async function driver(cfg: MemberConfig): Promise<void> {
 // The peer: echoes in 'echo' mode, counts and checks sequence numbers in 'count' mode.
 
 async function peer(cfg: MemberConfig): Promise<void> {
+  if (cfg.transport === 'floor') return floorPeer(cfg);
   // Leave with the driver, whatever happens to it.
   if (process.stdin) process.stdin.on('end', () => process.exit(1)).resume();
   process.on('disconnect', () => process.exit(1));
