@@ -44,9 +44,12 @@ test('bench --json prints one result per transport, codec and payload, and nothi
   assert.deepEqual([...got].sort(), [...expected].sort());
 
   for (const x of out.results) {
-    assert.deepEqual(Object.keys(x).sort(), ['codec', 'cpu_ms', 'mb_per_s', 'msgs_per_s', 'payload', 'rtt_us', 'transport']);
+    assert.deepEqual(Object.keys(x).sort(), ['codec', 'cpu_ms', 'cpu_us', 'mb_per_s', 'msgs_per_s', 'payload', 'rtt_us', 'transport']);
     assert.deepEqual(Object.keys(x.rtt_us).sort(), ['max', 'p50', 'p99', 'p999']);
-    for (const v of [...Object.values(x.rtt_us), x.msgs_per_s, x.mb_per_s, x.cpu_ms]) {
+    assert.deepEqual(Object.keys(x.cpu_us).sort(), ['per_mb', 'per_msg', 'per_round_trip']);
+    // Per MB is per message scaled by the payload (both from the throughput phase's CPU time).
+    assert.ok(Math.abs(x.cpu_us.per_mb - (x.cpu_us.per_msg * 1e6) / x.payload) <= 0.01 * x.cpu_us.per_mb + 0.1, JSON.stringify(x));
+    for (const v of [...Object.values(x.rtt_us), ...Object.values(x.cpu_us), x.msgs_per_s, x.mb_per_s, x.cpu_ms]) {
       assert.ok(typeof v === 'number' && Number.isFinite(v) && v > 0, `${x.transport}/${x.codec}/${x.payload}: ${JSON.stringify(x)}`);
     }
     assert.ok(x.rtt_us.p50 <= x.rtt_us.p99 && x.rtt_us.p99 <= x.rtt_us.p999 && x.rtt_us.p999 <= x.rtt_us.max);
@@ -127,7 +130,7 @@ test('the table for people: units that fit, ratios in words against ipc and uds,
   const lines = r.stdout.split('\n');
   assert.doesNotMatch(r.stdout, /Targets|MISSED|holds /, 'no project goals');
 
-  const header = lines.findIndex((l) => /^transport\s+codec\s+payload\s+p50\s+p99\s+p99\.9\s+max\s+msgs\/s\s+MB\/s\s+cpu ms$/.test(l));
+  const header = lines.findIndex((l) => /^transport\s+codec\s+payload\s+p50\s+p99\s+p99\.9\s+max\s+msgs\/s\s+MB\/s\s+cpu ms\s+cpu cost$/.test(l));
   assert.ok(header >= 0, r.stdout);
   const rows = [];
   for (const line of lines.slice(header + 1)) {
@@ -137,6 +140,8 @@ test('the table for people: units that fit, ratios in words against ipc and uds,
   for (const row of rows) {
     // Each latency in the unit that fits it: never "12.6k µs".
     for (const cell of row.slice(3, 7)) assert.match(cell, /^\d+(\.\d+)? (µs|ms|s)$/, row.join(' | '));
+    // CPU per message at 64 B, in the unit that fits it.
+    assert.match(row[10], /^\d+(\.\d+)? (µs|ms|s)\/msg$/, row.join(' | '));
   }
   const names = rows.map((row) => row[0]);
   assert.ok(names.includes('process') && names.includes('ipc') && names.includes('uds'), names.join(','));

@@ -13,7 +13,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
 import { EXIT_UNAVAILABLE, benchNodeArgs, type BenchCodec, type BenchTransport, type DriverLine, type MemberConfig } from './member';
-import { fmtBytes, fmtNum, fmtUs, type Machine, type Result } from './format';
+import { CPU_PER_MB_FROM, fmtBytes, fmtCpuCost, fmtNum, fmtUs, type Machine, type Result } from './format';
 import { renderSvg } from './svg';
 
 export type { Machine, Result };
@@ -199,6 +199,11 @@ function toResult(line: Extract<DriverLine, { type: 'result' }>): Result {
     msgs_per_s: Math.round(msgsPerS),
     mb_per_s: round((msgsPerS * line.payload) / 1e6, 2),
     cpu_ms: round(line.cpu_ms, 1),
+    cpu_us: {
+      per_round_trip: round((line.rtt_cpu_ms * 1000) / line.rtt_ns.count, 3),
+      per_msg: round((line.tp_cpu_ms * 1000) / line.msgs, 3),
+      per_mb: round((line.tp_cpu_ms * 1000) / ((line.msgs * line.payload) / 1e6), 1),
+    },
   };
 }
 
@@ -296,7 +301,7 @@ export function progressLine(results: readonly Result[], r: Result): string {
   const rtt = both((x) => x.rtt_us.p50, true);
   const tp = both((x) => x.msgs_per_s, false);
   return `${label(r)}: p50 ${fmtUs(r.rtt_us.p50)}${rtt ? ` (${rtt})` : ''}, p99 ${fmtUs(r.rtt_us.p99)}; ` +
-    `${fmtNum(r.msgs_per_s)} msgs/s${tp ? ` (${tp})` : ''}, ${fmtNum(r.mb_per_s)} MB/s; cpu ${fmtNum(r.cpu_ms)} ms`;
+    `${fmtNum(r.msgs_per_s)} msgs/s${tp ? ` (${tp})` : ''}, ${fmtNum(r.mb_per_s)} MB/s; cpu ${fmtNum(r.cpu_ms)} ms, ${fmtCpuCost(r)}`;
 }
 
 type Ratios = (r: Result, pick: (x: Result) => number, lowerIsBetter: boolean) => string;
@@ -313,7 +318,7 @@ function againstLines(rows: readonly Result[], ratiosOf: Ratios): string[] {
 }
 
 export function renderTable(results: readonly Result[], m: Machine, o: BenchOptions, notMeasured: readonly NotMeasured[] = []): string {
-  const rows: string[][] = [['transport', 'codec', 'payload', 'p50', 'p99', 'p99.9', 'max', 'msgs/s', 'MB/s', 'cpu ms']];
+  const rows: string[][] = [['transport', 'codec', 'payload', 'p50', 'p99', 'p99.9', 'max', 'msgs/s', 'MB/s', 'cpu ms', 'cpu cost']];
   for (const r of results) {
     rows.push([
       r.transport,
@@ -326,9 +331,10 @@ export function renderTable(results: readonly Result[], m: Machine, o: BenchOpti
       fmtNum(r.msgs_per_s),
       fmtNum(r.mb_per_s),
       fmtNum(r.cpu_ms),
+      fmtCpuCost(r),
     ]);
   }
-  for (const n of notMeasured) rows.push([n.transport, n.codec, fmtBytes(n.payload), 'n/a', '', '', '', 'n/a', 'n/a', '']);
+  for (const n of notMeasured) rows.push([n.transport, n.codec, fmtBytes(n.payload), 'n/a', '', '', '', 'n/a', 'n/a', '', '']);
   const widths = rows[0].map((_, c) => Math.max(...rows.map((row) => row[c].length)));
   const text = rows.map((row) => row.map((cell, c) => (c < 3 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join('  ').trimEnd());
   const out = [
@@ -337,6 +343,7 @@ export function renderTable(results: readonly Result[], m: Machine, o: BenchOpti
     'to one member, echoed by its listener; ipc: child.send/process.send; uds: one write per frame).',
     'Throughput: one way, backpressure respected, every message counted and its sequence number checked.',
     'cpu ms: both processes, user+system, over both measured phases. MB = 10^6 payload bytes.',
+    `cpu cost: both processes' CPU in the throughput phase per message (per MB from ${fmtBytes(CPU_PER_MB_FROM)} on).`,
     '',
     text[0],
     ...text.slice(1),

@@ -12,6 +12,19 @@ export interface Result {
   msgs_per_s: number;
   mb_per_s: number;
   cpu_ms: number;
+  /**
+   * CPU time of both processes (user+system) per unit of work: per round trip in the round-trip
+   * phase; per message and per MB (10^6 payload bytes) in the throughput phase.
+   */
+  cpu_us: { per_round_trip: number; per_msg: number; per_mb: number };
+}
+
+/** From this payload on, the table gives CPU per MB rather than per message. */
+export const CPU_PER_MB_FROM = 65536;
+
+/** A row's CPU cost in the table: per message, or per MB for large payloads. */
+export function fmtCpuCost(r: Result): string {
+  return r.payload >= CPU_PER_MB_FROM ? `${fmtUs(r.cpu_us.per_mb)}/MB` : `${fmtUs(r.cpu_us.per_msg)}/msg`;
 }
 
 export interface Machine {
