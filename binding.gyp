@@ -9,6 +9,7 @@
         "native/floor.cc",
         "native/handshake.cc",
         "native/member.cc",
+        "native/poll_policy.cc",
         "native/ring.cc",
         "native/segment.cc"
       ],

@@ -1,24 +1,21 @@
 // The Node-API glue: runs a shmbus::Member on the libuv loop of the Node environment.
 // JS runs only from Deliver(), after the member has returned: never inside a member call.
 //
-// Every fd the member watches gets a uv_poll_t. While traffic is recent a uv_idle_t polls the
-// rings on every loop iteration (the idle handle makes libuv poll for I/O with a zero timeout,
-// so other I/O keeps flowing), yielding the CPU on each empty pass (the peer we wait for may be
-// waiting for this very CPU: measured on 2 busy cores, p50 round trip 38-75 µs with the yield,
-// 132-148 µs without); a pass that finds nothing first watches the rings for up to 5 µs, so a
-// reply is seen as it lands rather than a loop iteration later. After `spinUs` of quiet the
-// member parks and sleeps on its doorbell. Frames and events collected during one pass reach JS
-// in one call:
+// Every fd the member watches gets a uv_poll_t. When to poll and when to park is the
+// PollPolicy's (poll_policy.h): while it is hot, a uv_idle_t runs one of its passes on every
+// loop iteration (the idle handle makes libuv poll for I/O with a zero timeout, so other I/O
+// keeps flowing). Frames and events collected during one pass reach JS in one call:
 //   deliver(meta: Int32Array, count: number, extras: any[])
-// where meta holds `count` records of 4 int32 (kind, slot, a, b):
-//   0 FRAME  slot, a = offset in the current batch Buffer, b = length
-//   1 FRAME  slot, a = index in extras of its own Buffer
-//   2 UP     slot, a = index in extras of the peer id
-//   3 DOWN   slot, a = index in extras of the peer id
-//   4 ERROR  a = index in extras of the message, b = index of the peer id (or -1)
-//   5 READY  every member present at start() is linked
-//   6 WRITABLE  bytes queued for some peer went down
-//   7 BATCH  a = index in extras of the Buffer that the FRAME records after it point into
+// where meta holds `count` records of 4 int32 (kind, slot, a, b), the kinds as exported in
+// `events` (src/native.ts reads them from there):
+//   FRAME      slot, a = offset in the current batch Buffer, b = length
+//   FRAME_OWN  slot, a = index in extras of its own Buffer
+//   UP         slot, a = index in extras of the peer id
+//   DOWN       slot, a = index in extras of the peer id
+//   ERROR      a = index in extras of the message, b = index of the peer id (or -1)
+//   READY      every member present at start() is linked
+//   WRITABLE   bytes queued for some peer went down
+//   BATCH      a = index in extras of the Buffer that the FRAME records after it point into
 #include <napi.h>
 #include <uv.h>
 
@@ -34,27 +31,34 @@
 #include "floor.h"
 #include "handshake.h"
 #include "member.h"
+#include "poll_policy.h"
+#include "uv_handle.h"
 
 namespace {
 
 using shmbus::Member;
 using shmbus::MemberOptions;
+using shmbus::UvHandle;
 
 constexpr size_t kMetaRecords = 1024;
 constexpr size_t kBatchBytes = 256 << 10;     // small frames share one Buffer up to this
 constexpr size_t kOwnBufferBytes = 16 << 10;  // frames from this size on get a Buffer of their own
-// How long a polling pass watches the rings before going round the loop again, at most.
-constexpr uint64_t kBusyWaitNs = 5000;
+
+// The record kinds, exported as `events` under their JS names: this table is their one source.
+#define SHMBUS_EVENTS(X)      \
+  X(kFrame, "FRAME", 0)         \
+  X(kFrameOwn, "FRAME_OWN", 1)  \
+  X(kUp, "UP", 2)               \
+  X(kDown, "DOWN", 3)           \
+  X(kError, "ERROR", 4)         \
+  X(kReady, "READY", 5)         \
+  X(kWritable, "WRITABLE", 6)   \
+  X(kBatch, "BATCH", 7)
 
 enum EventKind : int32_t {
-  kFrame = 0,
-  kFrameOwn = 1,
-  kUp = 2,
-  kDown = 3,
-  kError = 4,
-  kReady = 5,
-  kWritable = 6,
-  kBatch = 7,
+#define SHMBUS_EVENT_ENUM(kind, name, value) kind = value,
+  SHMBUS_EVENTS(SHMBUS_EVENT_ENUM)
+#undef SHMBUS_EVENT_ENUM
 };
 
 struct Record {
@@ -64,12 +68,15 @@ struct Record {
 class Bus;
 
 struct Watch {
-  uv_poll_t handle;
+  UvHandle<uv_poll_t> poll;
   Bus* bus;
   void* tag;
 };
 
-class Bus : public Napi::ObjectWrap<Bus>, public shmbus::Reactor, public shmbus::MemberEvents {
+class Bus : public Napi::ObjectWrap<Bus>,
+            public shmbus::Reactor,
+            public shmbus::MemberEvents,
+            public shmbus::PollLoop {
  public:
   static Napi::Function Init(Napi::Env env) {
     return DefineClass(env, "Bus",
@@ -98,7 +105,6 @@ class Bus : public Napi::ObjectWrap<Bus>, public shmbus::Reactor, public shmbus:
     options_.max_message = static_cast<size_t>(o.Get("maxMessageSize").ToNumber().Int64Value());
     options_.notify_bytes = static_cast<uint64_t>(o.Get("notifyBytes").ToNumber().Int64Value());
     spin_ns_ = static_cast<uint64_t>(o.Get("spinUs").ToNumber().Int64Value()) * 1000;
-    busy_wait_ns_ = spin_ns_ < kBusyWaitNs ? spin_ns_ : kBusyWaitNs;
     deliver_ = Napi::Persistent(info[1].As<Napi::Function>());
     meta_ = Napi::Persistent(Napi::Int32Array::New(env, kMetaRecords * 4));
     context_ = std::make_unique<Napi::AsyncContext>(env, "shmbus");
@@ -110,28 +116,31 @@ class Bus : public Napi::ObjectWrap<Bus>, public shmbus::Reactor, public shmbus:
   // ---- Reactor --------------------------------------------------------------------------------
 
   void watch(int fd, void* tag) override {
-    auto* w = new Watch;
+    auto w = std::make_unique<Watch>();
     w->bus = this;
     w->tag = tag;
-    w->handle.data = w;
-    uv_poll_init(loop_, &w->handle, fd);
-    uv_poll_start(&w->handle, UV_READABLE | UV_DISCONNECT, OnPoll);
+    uv_poll_t* h = w->poll.make(w.get());
+    uv_poll_init(loop_, h, fd);
+    uv_poll_start(h, UV_READABLE | UV_DISCONNECT, OnPoll);
     bool keeps_alive = fd == member_.doorbell_fd() && ref_;
-    if (!keeps_alive) uv_unref(reinterpret_cast<uv_handle_t*>(&w->handle));
-    if (fd == member_.doorbell_fd()) bell_ = w;
-    watches_[tag] = w;
+    if (!keeps_alive) uv_unref(w->poll.base());
+    if (fd == member_.doorbell_fd()) bell_ = w.get();
+    watches_[tag] = std::move(w);
   }
 
   void unwatch(int, void* tag) override {
     auto it = watches_.find(tag);
     if (it == watches_.end()) return;
-    Watch* w = it->second;
-    watches_.erase(it);
-    if (w == bell_) bell_ = nullptr;
-    uv_poll_stop(&w->handle);
-    uv_close(reinterpret_cast<uv_handle_t*>(&w->handle),
-             [](uv_handle_t* h) { delete static_cast<Watch*>(h->data); });
+    if (it->second.get() == bell_) bell_ = nullptr;
+    watches_.erase(it);  // closes its handle
   }
+
+  // ---- PollLoop -------------------------------------------------------------------------------
+
+  uint64_t now_ns() override { return uv_hrtime(); }
+  void start_passes() override { uv_idle_start(idle_.get(), OnIdle); }
+  void stop_passes() override { uv_idle_stop(idle_.get()); }
+  void yield() override { sched_yield(); }
 
   // ---- MemberEvents ---------------------------------------------------------------------------
 
@@ -190,30 +199,30 @@ class Bus : public Napi::ObjectWrap<Bus>, public shmbus::Reactor, public shmbus:
  private:
   // ---- JS methods -----------------------------------------------------------------------------
 
-  // start() -> [result, message, pending]: result 0 started, 1 duplicate id, 2 failed.
+  // start() -> [result, message, pending]: result as exported in `startResults`.
   Napi::Value Start(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     std::string err;
     Member::StartResult r = member_.start(options_, &err);
     if (r == Member::kStarted) {
       started_ = true;
-      idle_ = new uv_idle_t;
-      uv_idle_init(loop_, idle_);
-      uv_unref(reinterpret_cast<uv_handle_t*>(idle_));
+      uv_idle_init(loop_, idle_.make(this));
+      uv_unref(idle_.base());
+      policy_ = std::make_unique<shmbus::PollPolicy>(member_, *this, spin_ns_);
       napi_add_env_cleanup_hook(env, CleanupHook, this);
-      Park();
+      policy_->start();
     }
     Napi::Array out = Napi::Array::New(env, 3);
-    out.Set(0u, Napi::Number::New(env, r == Member::kStarted ? 0 : r == Member::kDuplicate ? 1 : 2));
+    out.Set(0u, Napi::Number::New(env, r == Member::kGone ? Member::kFailed : r));
     out.Set(1u, Napi::String::New(env, err));
     out.Set(2u, Napi::Number::New(env, static_cast<double>(member_.initial_pending())));
     return out;
   }
 
-  // send(slot, head, body) -> 0 sent, 1 queued outside the ring, 2 no such link, 3 link broken
+  // send(slot, head, body) -> a result as exported in `sendResults`
   Napi::Value Send(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (!started_) return Napi::Number::New(env, 2);
+    if (!started_ || closed_) return Napi::Number::New(env, Member::kNoLink);
     if (info.Length() < 3 || !info[0].IsNumber() || !info[1].IsTypedArray() || !info[2].IsTypedArray()) {
       Napi::TypeError::New(env, "send(slot, head: Uint8Array, body: Uint8Array)").ThrowAsJavaScriptException();
       return env.Undefined();
@@ -223,10 +232,7 @@ class Bus : public Napi::ObjectWrap<Bus>, public shmbus::Reactor, public shmbus:
     Napi::Uint8Array body = info[2].As<Napi::Uint8Array>();
     shmbus::Part parts[2] = {{head.Data(), head.ByteLength()}, {body.Data(), body.ByteLength()}};
     Member::SendResult r = member_.send(slot, parts, 2, parts[0].len + parts[1].len);
-    // A reply is likely to follow: watch the rings closely for a while. A broken link is
-    // closed (and reported) by the next pass, which must come soon even when never spinning.
-    if (r == Member::kBroken) Kick();
-    else GoHot();
+    policy_->sent(r == Member::kBroken);
     return Napi::Number::New(env, r);
   }
 
@@ -243,13 +249,13 @@ class Bus : public Napi::ObjectWrap<Bus>, public shmbus::Reactor, public shmbus:
 
   Napi::Value Ref(const Napi::CallbackInfo& info) {
     ref_ = true;
-    if (bell_ != nullptr) uv_ref(reinterpret_cast<uv_handle_t*>(&bell_->handle));
+    if (bell_ != nullptr) uv_ref(bell_->poll.base());
     return info.Env().Undefined();
   }
 
   Napi::Value Unref(const Napi::CallbackInfo& info) {
     ref_ = false;
-    if (bell_ != nullptr) uv_unref(reinterpret_cast<uv_handle_t*>(&bell_->handle));
+    if (bell_ != nullptr) uv_unref(bell_->poll.base());
     return info.Env().Undefined();
   }
 
@@ -267,10 +273,7 @@ class Bus : public Napi::ObjectWrap<Bus>, public shmbus::Reactor, public shmbus:
     Napi::HandleScope scope(self->Env());
     bool bell = w == self->bell_;
     self->member_.on_readable(w->tag);
-    if (bell) self->GoHot();
-    // Whatever woke us, a parked member goes back to sleep with every ring's flag set: a link
-    // that came up, or a producer that rang and cleared its flag, must not leave one unset.
-    if (!self->hot_) self->Park();
+    self->policy_->woken(bell);
     self->Deliver();
   }
 
@@ -278,63 +281,9 @@ class Bus : public Napi::ObjectWrap<Bus>, public shmbus::Reactor, public shmbus:
     Bus* self = static_cast<Bus*>(idle->data);
     if (self->closed_) return;
     Napi::HandleScope scope(self->Env());
-    bool moved = self->member_.poll();
-    uint64_t now = uv_hrtime();
-    // Nothing yet: watch the rings for a few µs before going round the loop (a loop iteration
-    // costs more than that), so a reply is seen as it lands rather than an iteration later.
-    if (!moved && self->hot_ && self->busy_wait_ns_ > 0) {
-      const uint64_t until = now + self->busy_wait_ns_;
-      do {
-        if (self->member_.has_data()) {
-          moved = self->member_.poll();
-          break;
-        }
-        now = uv_hrtime();
-      } while (now < until);
-    }
-    if (moved || self->active_) self->last_ns_ = now;
-    self->active_ = false;
+    self->policy_->pass_begin();
     self->Deliver();
-    if (self->closed_ || !self->hot_) return;
-    // Polling on 2 cores: the peer we wait for may be runnable on this very CPU. Let it run.
-    if (!moved) sched_yield();
-    if (!moved && now - self->last_ns_ >= self->spin_ns_) {
-      if (self->member_.park()) {
-        self->hot_ = false;
-        uv_idle_stop(self->idle_);
-      } else {
-        self->last_ns_ = now;
-      }
-    }
-  }
-
-  void GoHot() {
-    if (spin_ns_ == 0 || closed_ || !started_) return;
-    if (hot_) {
-      active_ = true;  // OnIdle takes the time: no clock read per send
-      return;
-    }
-    last_ns_ = uv_hrtime();
-    hot_ = true;
-    member_.unpark();
-    idle_->data = this;
-    uv_idle_start(idle_, OnIdle);
-  }
-
-  // One polling pass on the next loop iteration, then back to the usual rhythm.
-  void Kick() {
-    if (closed_ || !started_ || hot_) return;
-    hot_ = true;
-    last_ns_ = uv_hrtime();
-    member_.unpark();
-    idle_->data = this;
-    uv_idle_start(idle_, OnIdle);
-  }
-
-  // Sleep on the doorbell; what came while we were getting ready is read first.
-  void Park() {
-    if (hot_) return;
-    while (!member_.park()) member_.poll();
+    if (!self->closed_) self->policy_->pass_end();
   }
 
   int32_t Extra(const std::string& s) {
@@ -389,13 +338,9 @@ class Bus : public Napi::ObjectWrap<Bus>, public shmbus::Reactor, public shmbus:
     if (closed_) return;
     closed_ = true;
     if (started_) {
+      policy_->stop();
       member_.close();
-      if (idle_ != nullptr) {
-        uv_idle_stop(idle_);
-        uv_close(reinterpret_cast<uv_handle_t*>(idle_),
-                 [](uv_handle_t* h) { delete reinterpret_cast<uv_idle_t*>(h); });
-        idle_ = nullptr;
-      }
+      idle_.reset();
       napi_remove_env_cleanup_hook(Env(), CleanupHook, this);
     }
     large_.clear();
@@ -409,19 +354,14 @@ class Bus : public Napi::ObjectWrap<Bus>, public shmbus::Reactor, public shmbus:
 
   MemberOptions options_;
   uv_loop_t* loop_ = nullptr;
-  uv_idle_t* idle_ = nullptr;
+  UvHandle<uv_idle_t> idle_;
   Watch* bell_ = nullptr;
-  std::unordered_map<void*, Watch*> watches_;
+  std::unordered_map<void*, std::unique_ptr<Watch>> watches_;
   Napi::FunctionReference deliver_;
   Napi::Reference<Napi::Int32Array> meta_;
   std::unique_ptr<Napi::AsyncContext> context_;
   uint64_t spin_ns_ = 0;
-  // kBusyWaitNs, or the polling window if shorter. Measured on 2 cores, 64 B ping-pong p50:
-  // 10-12 µs without it, 7.3-7.4 µs with 5 µs, no better with 20 µs (and throughput fell).
-  uint64_t busy_wait_ns_ = 0;
-  uint64_t last_ns_ = 0;
-  bool hot_ = false;
-  bool active_ = false;  // sent something since the last polling pass
+  std::unique_ptr<shmbus::PollPolicy> policy_;  // once started
   bool ref_ = true;
   bool started_ = false;
   bool closed_ = false;
@@ -494,6 +434,22 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Bus", Bus::Init(env));
   exports.Set("sweep", Napi::Function::New(env, Sweep, "sweep"));
   exports.Set("protocolVersion", Napi::Number::New(env, shmbus::kProtocolVersion));
+  Napi::Object events = Napi::Object::New(env);
+#define SHMBUS_EVENT_EXPORT(kind, name, value) events.Set(name, Napi::Number::New(env, kind));
+  SHMBUS_EVENTS(SHMBUS_EVENT_EXPORT)
+#undef SHMBUS_EVENT_EXPORT
+  exports.Set("events", events);
+  Napi::Object start = Napi::Object::New(env);
+  start.Set("STARTED", Napi::Number::New(env, Member::kStarted));
+  start.Set("DUPLICATE_ID", Napi::Number::New(env, Member::kDuplicate));
+  start.Set("FAILED", Napi::Number::New(env, Member::kFailed));
+  exports.Set("startResults", start);
+  Napi::Object send = Napi::Object::New(env);
+  send.Set("SENT", Napi::Number::New(env, Member::kSent));
+  send.Set("QUEUED", Napi::Number::New(env, Member::kQueued));
+  send.Set("NO_LINK", Napi::Number::New(env, Member::kNoLink));
+  send.Set("BROKEN", Napi::Number::New(env, Member::kBroken));
+  exports.Set("sendResults", send);
   return exports;
 }
 

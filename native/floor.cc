@@ -10,6 +10,7 @@
 #include <memory>
 
 #include "member.h"
+#include "poll_policy.h"
 
 namespace shmbus {
 namespace {
@@ -29,11 +30,9 @@ enum Kind : uint32_t {
 constexpr size_t kHead = 8;
 constexpr uint64_t kStallNs = 60'000'000'000;
 constexpr uint64_t kLinkNs = 20'000'000'000;
-// Empty passes between looks at the member's sockets and timer (peer gone, handshake).
-constexpr unsigned kPassesPerFdCheck = 4096;
-// How long a wait spins with nothing read before it yields the CPU on each empty pass: the
-// binding's busy-wait window (kBusyWaitNs).
-constexpr uint64_t kSpinNs = 5'000;
+// Empty passes (each busy-waits up to 5 µs) between looks at the member's sockets and timer
+// (peer gone, handshake).
+constexpr unsigned kPassesPerFdCheck = 64;
 
 uint64_t now_ns() {
   timespec ts;
@@ -62,9 +61,10 @@ uint64_t load64(const uint8_t* p) {
 // One member and the loop that drives it: a Reactor on poll(2), a MemberEvents that copies each
 // message out once (small ones into one batch, large ones into buffers of their own, as the
 // binding does) and hands them to handle() after the member has returned.
-class FloorEnd : public Reactor, public MemberEvents {
+// Its passes are the binding's (PollPolicy), hot for the whole run: it never parks.
+class FloorEnd : public Reactor, public MemberEvents, public PollLoop {
  public:
-  explicit FloorEnd(const FloorOptions& o) : options_(o), member_(*this, *this) {}
+  explicit FloorEnd(const FloorOptions& o) : options_(o), policy_(member_, *this, ~uint64_t{0}), member_(*this, *this) {}
   ~FloorEnd() override { member_.close(); }
 
   bool start(std::string* err) {
@@ -80,26 +80,27 @@ class FloorEnd : public Reactor, public MemberEvents {
       if (!check_fds(10)) return fail(err, "the link to member " + options_.peer_id + " went down");
       if (now_ns() > until) return fail(err, "member " + options_.peer_id + " did not link within 20 s");
     }
+    policy_.sent(false);
     return true;
   }
 
-  // Passes until done() holds; false and *err on a link gone or nothing for stall_ns. After
-  // kSpinNs with nothing read, each empty pass yields the CPU, as the binding's do: on a busy
-  // machine the message we wait for may need this very CPU to be sent (spinning alone measured
-  // the scheduler, a p50 round trip of 21 ms with load 15 on 2 cores).
+  // Passes until done() holds; false and *err on a link gone or nothing for stall_ns. An empty
+  // pass busy-waits and yields the CPU, as the binding's do: on a busy machine the message we
+  // wait for may need this very CPU to be sent (spinning alone measured the scheduler, a p50
+  // round trip of 21 ms with load 15 on 2 cores).
   template <typename Done>
   bool wait(Done done, const char* what, std::string* err, uint64_t stall_ns = kStallNs) {
     uint64_t quiet_from = 0;
     while (!done()) {
-      bool moved = member_.poll();
+      bool moved = policy_.pass_begin();
       if (!rx_.empty()) deliver();
+      policy_.pass_end();
       if (moved) {
         quiet_from = 0;
         continue;
       }
       const uint64_t now = now_ns();
       if (quiet_from == 0) quiet_from = now;
-      if (now - quiet_from >= kSpinNs) sched_yield();
       if (++idle_passes_ >= kPassesPerFdCheck) {
         idle_passes_ = 0;
         if (!check_fds(0)) return fail(err, std::string("the link went down waiting for ") + what);
@@ -134,6 +135,12 @@ class FloorEnd : public Reactor, public MemberEvents {
     if (err->empty()) *err = what;
     return false;
   }
+
+  // ---- PollLoop ----
+  uint64_t now_ns() override { return shmbus::now_ns(); }
+  void start_passes() override {}
+  void stop_passes() override {}
+  void yield() override { sched_yield(); }
 
   // ---- Reactor ----
   void watch(int fd, void* tag) override { watches_.push_back({fd, tag}); }
@@ -222,7 +229,8 @@ class FloorEnd : public Reactor, public MemberEvents {
   bool up_ = false;
   bool down_ = false;
   unsigned idle_passes_ = 0;
-  Member member_;  // last: destroyed first, while what it calls back into still exists
+  PollPolicy policy_;  // holds only references to member_ and this
+  Member member_;      // last: destroyed first, while what it calls back into still exists
 };
 
 uint64_t percentile(const std::vector<uint64_t>& sorted, double p) {

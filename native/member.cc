@@ -68,11 +68,11 @@ struct PeerLink {
   enum State { kConnecting, kAccepting, kUp };
   State state = kAccepting;
   uint32_t slot = 0;
-  int fd = -1;
+  Fd fd;
   int64_t hello_deadline_ms = 0;  // accepting: closed if no HELLO came by then
   std::string id;                 // the peer's id (known at once when we connect)
 
-  int out_fd = -1;  // the memfd of the ring we produce into, until the handshake sent it
+  Fd out_fd;  // the memfd of the ring we produce into, until the handshake sent it
   void* out_base = nullptr;
   size_t out_bytes = 0;
   RingProducer producer;
@@ -80,7 +80,7 @@ struct PeerLink {
   void* in_base = nullptr;
   size_t in_bytes = 0;
   RingConsumer consumer;
-  int peer_bell = -1;
+  Fd peer_bell;
 
   std::deque<PendingMessage> overflow;
   uint64_t overflow_bytes = 0;
@@ -134,64 +134,63 @@ Member::StartResult Member::start(const MemberOptions& options, std::string* err
       return kFailed;
     }
   }
-  bell_fd_ = doorbell_create();
-  if (bell_fd_ < 0) {
+  bell_fd_.reset(doorbell_create());
+  if (!bell_fd_.valid()) {
     *err = std::string("eventfd: ") + std::strerror(errno);
     close();
     return kFailed;
   }
-  timer_fd_ = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-  if (timer_fd_ < 0) {
+  timer_fd_.reset(timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
+  if (!timer_fd_.valid()) {
     *err = std::string("timerfd: ") + std::strerror(errno);
     close();
     return kFailed;
   }
-  listen_fd_ = busdir_listen(dir_fd_, options.id, err);
-  if (listen_fd_ < 0) {
+  listen_fd_.reset(busdir_listen(dir_fd_.get(), options.id, err));
+  if (!listen_fd_.valid()) {
     close();
     return kFailed;
   }
-  reactor_.watch(bell_fd_, &bell_tag_);
-  reactor_.watch(timer_fd_, &timer_tag_);
-  reactor_.watch(listen_fd_, &listen_tag_);
+  reactor_.watch(bell_fd_.get(), &bell_tag_);
+  reactor_.watch(timer_fd_.get(), &timer_tag_);
+  reactor_.watch(listen_fd_.get(), &listen_tag_);
   // Bound first, then listed: of two members joining at once, at least one sees the other (and
   // when both do, the tie rule in on_hello keeps one link).
-  for (const std::string& id : busdir_list(dir_fd_)) {
+  for (const std::string& id : busdir_list(dir_fd_.get())) {
     if (id == options.id || linked_or_linking(id)) continue;
     initial_.insert(id);
     connect_to(id);
   }
   // Lock files of members that died before they bound, or whose socket a survivor removed
   // without its lock: nobody else will.
-  for (const std::string& id : busdir_list(dir_fd_, ".lock"))
-    if (id != options.id && !linked_or_linking(id) && !busdir_listening(dir_fd_, id)) busdir_reap(dir_fd_, id);
+  for (const std::string& id : busdir_list(dir_fd_.get(), ".lock"))
+    if (id != options.id && !linked_or_linking(id) && !busdir_listening(dir_fd_.get(), id)) busdir_reap(dir_fd_.get(), id);
   return kStarted;
 }
 
 // Opens the bus directory and takes this member's id there.
 Member::StartResult Member::take_id(std::string* err) {
-  dir_fd_ = busdir_open(options_.dir.c_str(), err);
-  if (dir_fd_ < 0) return errno == ENOENT ? kGone : kFailed;
+  dir_fd_.reset(busdir_open(options_.dir.c_str(), err));
+  if (!dir_fd_.valid()) return errno == ENOENT ? kGone : kFailed;
   bool busy = false;
   // A survivor removing the socket of a dead member with this id holds its lock for a moment:
   // only a holder that listens, or one that keeps the lock, is a live member.
   for (int attempt = 0; attempt < 20; attempt++) {
-    lock_fd_ = busdir_lock(dir_fd_, options_.id, &busy, err);
-    if (lock_fd_ >= 0 || !busy || busdir_listening(dir_fd_, options_.id)) break;
+    lock_fd_.reset(busdir_lock(dir_fd_.get(), options_.id, &busy, err));
+    if (lock_fd_.valid() || !busy || busdir_listening(dir_fd_.get(), options_.id)) break;
     usleep(5000);
   }
-  if (lock_fd_ >= 0) return kStarted;
+  if (lock_fd_.valid()) return kStarted;
   struct stat st;
-  bool gone = !busy && fstat(dir_fd_, &st) == 0 && st.st_nlink == 0;
-  ::close(dir_fd_);
-  dir_fd_ = -1;
+  bool gone = !busy && fstat(dir_fd_.get(), &st) == 0 && st.st_nlink == 0;
+  dir_fd_.reset();
   if (busy) *err = "member id " + options_.id + " is held by a live member of this bus";
   return busy ? kDuplicate : gone ? kGone : kFailed;
 }
 
 void Member::rescan() {
-  if (listen_fd_ < 0) return;
-  for (const std::string& id : busdir_list(dir_fd_))
+  if (!listen_fd_.valid()) return;
+  for (const std::string& id : busdir_list(dir_fd_.get()))
     if (id != options_.id && !linked_or_linking(id)) connect_to(id);
 }
 
@@ -200,43 +199,34 @@ bool Member::linked_or_linking(const std::string& id) const {
 }
 
 void Member::close() {
-  if (listen_fd_ >= 0) {
-    reactor_.unwatch(listen_fd_, &listen_tag_);
-    busdir_unlink(dir_fd_, options_.id);
-    ::close(listen_fd_);
-    listen_fd_ = -1;
+  if (listen_fd_.valid()) {
+    reactor_.unwatch(listen_fd_.get(), &listen_tag_);
+    busdir_unlink(dir_fd_.get(), options_.id);
+    listen_fd_.reset();
   }
   while (!links_.empty()) destroy(links_.begin()->second.get());
   up_.clear();
   connecting_.clear();
   initial_.clear();
   retries_.clear();
-  if (timer_fd_ >= 0) {
-    reactor_.unwatch(timer_fd_, &timer_tag_);
-    ::close(timer_fd_);
-    timer_fd_ = -1;
+  if (timer_fd_.valid()) {
+    reactor_.unwatch(timer_fd_.get(), &timer_tag_);
+    timer_fd_.reset();
   }
-  if (bell_fd_ >= 0) {
-    reactor_.unwatch(bell_fd_, &bell_tag_);
-    ::close(bell_fd_);
-    bell_fd_ = -1;
+  if (bell_fd_.valid()) {
+    reactor_.unwatch(bell_fd_.get(), &bell_tag_);
+    bell_fd_.reset();
   }
-  bool joined = lock_fd_ >= 0;
-  if (lock_fd_ >= 0) {
-    busdir_release(dir_fd_, options_.id, lock_fd_);
-    lock_fd_ = -1;
-  }
-  if (dir_fd_ >= 0) {
-    ::close(dir_fd_);
-    dir_fd_ = -1;
-  }
+  bool joined = lock_fd_.valid();
+  if (joined) busdir_release(dir_fd_.get(), options_.id, lock_fd_.release());
+  dir_fd_.reset();
   // The last one out: no bus directory is left behind (rmdir refuses one that is not empty).
   if (joined) rmdir(options_.dir.c_str());
 }
 
 PeerLink* Member::new_link(int fd, bool outgoing, const std::string& id) {
   auto link = std::make_unique<PeerLink>();
-  link->fd = fd;
+  link->fd.reset(fd);
   link->id = id;
   link->state = outgoing ? PeerLink::kConnecting : PeerLink::kAccepting;
   link->slot = next_slot_++;
@@ -250,12 +240,11 @@ PeerLink* Member::new_link(int fd, bool outgoing, const std::string& id) {
 // that a connection that never speaks costs an fd and nothing more.
 bool Member::create_out_ring(PeerLink* link, std::string* err) {
   link->out_bytes = ring_mapping_bytes(options_.ring_capacity);
-  link->out_fd = segment_create("shmbus-ring", link->out_bytes, err);
-  if (link->out_fd < 0) return false;
-  link->out_base = segment_map(link->out_fd, link->out_bytes, err);
+  link->out_fd.reset(segment_create("shmbus-ring", link->out_bytes, err));
+  if (!link->out_fd.valid()) return false;
+  link->out_base = segment_map(link->out_fd.get(), link->out_bytes, err);
   if (link->out_base == nullptr) {
-    ::close(link->out_fd);
-    link->out_fd = -1;
+    link->out_fd.reset();
     return false;
   }
   ring_init(link->out_base, options_.ring_capacity);
@@ -265,10 +254,7 @@ bool Member::create_out_ring(PeerLink* link, std::string* err) {
 }
 
 void Member::destroy(PeerLink* link) {
-  reactor_.unwatch(link->fd, link);
-  ::close(link->fd);
-  if (link->out_fd >= 0) ::close(link->out_fd);
-  if (link->peer_bell >= 0) ::close(link->peer_bell);
+  reactor_.unwatch(link->fd.get(), link);  // before its fds close, with the link
   segment_unmap(link->out_base, link->out_bytes);
   segment_unmap(link->in_base, link->in_bytes);
   links_.erase(link->slot);
@@ -276,13 +262,13 @@ void Member::destroy(PeerLink* link) {
 
 void Member::connect_to(const std::string& id) {
   int error_number = 0;
-  int fd = busdir_connect(dir_fd_, id, &error_number);
+  int fd = busdir_connect(dir_fd_.get(), id, &error_number);
   if (fd < 0) {
     if (error_number == ECONNREFUSED) {
       // Nobody listens there: a socket file left by a member that died (removed unless its id
       // is held), or a member between bind and listen, which lists after it listens and so
       // links to us itself.
-      busdir_reap(dir_fd_, id);
+      busdir_reap(dir_fd_.get(), id);
       give_up(id);
     } else if (error_number == ENOENT || error_number == ENAMETOOLONG) {
       give_up(id);  // it left
@@ -309,7 +295,7 @@ void Member::connect_to(const std::string& id) {
   h.kind = kHello;
   h.ring_bytes = options_.ring_capacity;
   h.id = options_.id;
-  if (!hello_send(fd, h, link->out_fd, bell_fd_, &err)) {
+  if (!hello_send(fd, h, link->out_fd.get(), bell_fd_.get(), &err)) {
     destroy(link);
     retry_later(id);
     return;
@@ -332,7 +318,7 @@ void Member::give_up(const std::string& id) {
 }
 
 void Member::arm_timer() {
-  if (timer_fd_ < 0) return;
+  if (timer_fd_.get() < 0) return;
   int64_t due = 0;
   for (auto& e : retries_)
     if (e.second.due_ms != 0 && (due == 0 || e.second.due_ms < due)) due = e.second.due_ms;
@@ -347,12 +333,12 @@ void Member::arm_timer() {
     its.it_value.tv_sec = wait / 1000;
     its.it_value.tv_nsec = (wait % 1000) * 1000000;
   }
-  timerfd_settime(timer_fd_, 0, &its, nullptr);
+  timerfd_settime(timer_fd_.get(), 0, &its, nullptr);
 }
 
 void Member::on_timer() {
   uint64_t expirations;
-  ssize_t n = read(timer_fd_, &expirations, sizeof expirations);
+  ssize_t n = read(timer_fd_.get(), &expirations, sizeof expirations);
   (void)n;
   int64_t now = now_ms();
   std::vector<uint32_t> silent;
@@ -406,7 +392,7 @@ void Member::trim() {
     bool wake = false;
     if (idle && link->ring_limit > kRingStartBytes && link->producer.shrink(&wake))
       link->ring_limit = link->producer.limit();
-    if (wake) doorbell_ring(link->peer_bell);
+    if (wake) doorbell_ring(link->peer_bell.get());
     link->tail_at_trim = link->producer.tail();
     if (link->ring_limit > kRingStartBytes) grown = true;
   }
@@ -439,7 +425,7 @@ void Member::on_readable(void* tag) {
 
 void Member::on_listen() {
   for (;;) {
-    int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    int fd = accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
       return;  // EAGAIN, or out of fds: try again on the next wake-up
@@ -456,7 +442,7 @@ void Member::on_listen() {
 }
 
 void Member::on_doorbell() {
-  doorbell_clear(bell_fd_);
+  doorbell_clear(bell_fd_.get());
   poll();
 }
 
@@ -466,21 +452,22 @@ void Member::on_link(PeerLink* link) {
     int fds[2];
     int nfds = 0;
     std::string err;
-    RecvResult r = hello_recv(link->fd, &h, fds, &nfds, &err);
+    RecvResult r = hello_recv(link->fd.get(), &h, fds, &nfds, &err);
+    // Whatever came is closed at the end of this round, unless a link took it.
+    Fd got[2];
+    for (int i = 0; i < nfds; i++) got[i].reset(fds[i]);
     if (r == kRecvAgain) return;
     if (r != kRecvMessage) {
-      for (int i = 0; i < nfds; i++) ::close(fds[i]);
       drop(link);
       return;
     }
     bool alive;
     if (link->state == PeerLink::kUp) {
-      for (int i = 0; i < nfds; i++) ::close(fds[i]);  // nothing follows a handshake (yet)
-      alive = true;
+      alive = true;  // nothing follows a handshake (yet)
     } else if (link->state == PeerLink::kAccepting) {
-      alive = on_hello(link, h, fds, nfds, err);
+      alive = on_hello(link, h, got, nfds, err);
     } else {
-      alive = on_welcome(link, h, fds, nfds, err);
+      alive = on_welcome(link, h, got, nfds, err);
     }
     if (!alive) return;
   }
@@ -493,7 +480,7 @@ void Member::refuse(PeerLink* link, uint32_t code, const std::string& text) {
   h.id = options_.id;
   h.text = text;
   std::string ignored;
-  hello_send(link->fd, h, -1, -1, &ignored);
+  hello_send(link->fd.get(), h, -1, -1, &ignored);
 }
 
 static std::string version_text(const std::string& id, uint32_t version) {
@@ -502,9 +489,8 @@ static std::string version_text(const std::string& id, uint32_t version) {
          ": run one shmbus version in every member of a bus";
 }
 
-bool Member::on_hello(PeerLink* link, const Hello& h, int* fds, int nfds, std::string err) {
+bool Member::on_hello(PeerLink* link, const Hello& h, Fd* fds, int nfds, std::string err) {
   auto fail = [&](uint32_t code, const std::string& text, bool report) {
-    for (int i = 0; i < nfds; i++) ::close(fds[i]);
     refuse(link, code, text);
     if (report) events_.error(h.id, text);
     drop(link);
@@ -530,17 +516,15 @@ bool Member::on_hello(PeerLink* link, const Hello& h, int* fds, int nfds, std::s
     // A member that restarted has closed its old link before it could take its id again. An
     // old link still open means this one is the loser of a tie that the peer has already
     // settled (it closed this connection when it took ours): keep the link that is up.
-    if (!hung_up(u->second->fd)) return fail(kRefuseDuplicateLink, "", false);
+    if (!hung_up(u->second->fd.get())) return fail(kRefuseDuplicateLink, "", false);
     drop(u->second);
   }
   if (nfds != 2) return fail(kRefuseBadHello, "handshake without ring and doorbell", true);
   std::string why;
-  if (!attach_peer_ring(link, h.ring_bytes, fds[0], fds[1], &why)) {
-    nfds = 0;
+  if (!attach_peer_ring(link, h.ring_bytes, std::move(fds[0]), std::move(fds[1]), &why)) {
     return fail(kRefuseBadHello, "member " + h.id + " not linked: " + why, true);
   }
   if (!create_out_ring(link, &why)) {
-    nfds = 0;
     return fail(kRefuseBadHello, "member " + h.id + " not linked: " + why, true);
   }
   link->id = h.id;
@@ -548,16 +532,15 @@ bool Member::on_hello(PeerLink* link, const Hello& h, int* fds, int nfds, std::s
   w.kind = kWelcome;
   w.ring_bytes = options_.ring_capacity;
   w.id = options_.id;
-  if (!hello_send(link->fd, w, link->out_fd, bell_fd_, &why)) {
+  if (!hello_send(link->fd.get(), w, link->out_fd.get(), bell_fd_.get(), &why)) {
     drop(link);
     return false;
   }
   return bring_up(link);
 }
 
-bool Member::on_welcome(PeerLink* link, const Hello& h, int* fds, int nfds, std::string err) {
+bool Member::on_welcome(PeerLink* link, const Hello& h, Fd* fds, int nfds, std::string err) {
   auto fail = [&](const std::string& text) {
-    for (int i = 0; i < nfds; i++) ::close(fds[i]);
     if (!text.empty()) events_.error(link->id, text);
     drop(link);
     return false;
@@ -588,8 +571,8 @@ bool Member::on_welcome(PeerLink* link, const Hello& h, int* fds, int nfds, std:
     why = "it answered as " + h.id;
   } else if (nfds != 2) {
     why = "no ring in its answer";
-  } else if (!attach_peer_ring(link, h.ring_bytes, fds[0], fds[1], &why)) {
-    nfds = 0;
+  } else {
+    attach_peer_ring(link, h.ring_bytes, std::move(fds[0]), std::move(fds[1]), &why);
   }
   if (!why.empty()) {
     fail("member " + id + " not linked: " + why);
@@ -602,8 +585,9 @@ bool Member::on_welcome(PeerLink* link, const Hello& h, int* fds, int nfds, std:
   return bring_up(link);
 }
 
-bool Member::attach_peer_ring(PeerLink* link, uint64_t ring_bytes, int ring_fd, int bell_fd,
+bool Member::attach_peer_ring(PeerLink* link, uint64_t ring_bytes, Fd ring, Fd bell,
                               std::string* err) {
+  const int ring_fd = ring.get(), bell_fd = bell.get();
   bool ok = false;
   size_t bytes = 0;
   void* base = nullptr;
@@ -615,21 +599,16 @@ bool Member::attach_peer_ring(PeerLink* link, uint64_t ring_bytes, int ring_fd, 
   } else if ((base = segment_map(ring_fd, bytes, err)) != nullptr) {
     ok = true;
   }
-  ::close(ring_fd);
-  if (!ok) {
-    ::close(bell_fd);
-    return false;
-  }
+  if (!ok) return false;
   link->in_base = base;
   link->in_bytes = bytes;
   link->consumer.attach(base, ring_bytes, options_.max_message + kMessageSlack);
-  link->peer_bell = bell_fd;
+  link->peer_bell = std::move(bell);
   return true;
 }
 
 bool Member::bring_up(PeerLink* link) {
-  ::close(link->out_fd);
-  link->out_fd = -1;
+  link->out_fd.reset();
   link->state = PeerLink::kUp;
   up_[link->id] = link;
   retries_.erase(link->id);
@@ -654,7 +633,7 @@ void Member::drop(PeerLink* link) {
     up_.erase(link->id);
     if (link->consumer.assembling()) events_.drop_large(link->slot);
     events_.link_down(link->slot, link->id);
-    busdir_reap(dir_fd_, link->id);
+    busdir_reap(dir_fd_.get(), link->id);
     destroy(link);
     return;
   }
@@ -679,7 +658,7 @@ int Member::drain_link(PeerLink* link) {
     link->broken = true;
     return -1;
   }
-  if (link->consumer.take_producer_waiting()) doorbell_ring(link->peer_bell);
+  if (link->consumer.take_producer_waiting()) doorbell_ring(link->peer_bell.get());
   return static_cast<int>(got);
 }
 
@@ -701,7 +680,7 @@ bool Member::flush_overflow(PeerLink* link) {
       recycle(std::move(m.bytes));
       link->overflow.pop_front();
     }
-    if (wrote && link->producer.commit()) doorbell_ring(link->peer_bell);
+    if (wrote && link->producer.commit()) doorbell_ring(link->peer_bell.get());
     if (link->producer.limit() != link->ring_limit) note_growth(link);
     uint64_t q = link->producer.queued();
     if (q == ~uint64_t{0}) {
@@ -784,7 +763,7 @@ Member::SendResult Member::send(uint32_t slot, const Part* parts, int nparts, si
       return kBroken;
     }
     if (progress > 0 || st == RingProducer::kDone) {
-      if (link->producer.commit()) doorbell_ring(link->peer_bell);
+      if (link->producer.commit()) doorbell_ring(link->peer_bell.get());
     }
     if (link->producer.limit() != link->ring_limit) note_growth(link);
     if (st == RingProducer::kDone) {
@@ -849,8 +828,8 @@ void Member::recycle(std::vector<uint8_t>&& bytes) {
 }
 
 int Member::reap(const std::string& id) {
-  if (dir_fd_ < 0 || !id_valid(id) || id == options_.id) return 0;
-  return busdir_reap(dir_fd_, id);
+  if (dir_fd_.get() < 0 || !id_valid(id) || id == options_.id) return 0;
+  return busdir_reap(dir_fd_.get(), id);
 }
 
 }  // namespace shmbus

@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "fd.h"
+#include "poll_policy.h"
 #include "ring.h"
 
 namespace shmbus {
@@ -58,10 +60,10 @@ struct MemberOptions {
 
 struct PeerLink;
 
-class Member {
+class Member : public Pollable {
  public:
   Member(Reactor& reactor, MemberEvents& events);
-  ~Member();
+  ~Member() override;
   Member(const Member&) = delete;
   Member& operator=(const Member&) = delete;
 
@@ -76,18 +78,18 @@ class Member {
   void rescan();
   // Leaves the bus and frees everything. Makes no event callback. Idempotent.
   void close();
-  bool open() const { return lock_fd_ >= 0; }
+  bool open() const { return lock_fd_.valid(); }
 
   void on_readable(void* tag);
   // Reads every ring and moves waiting messages on. true if anything moved.
-  bool poll();
+  bool poll() override;
   // Before sleeping on the doorbell: tells producers to ring it. false if data came meanwhile
   // (then keep polling).
-  bool park();
+  bool park() override;
   // Busy again: producers need not ring.
-  void unpark();
+  void unpark() override;
   // Whether some ring has a record to read: a few loads, no side effects (for busy-waiting).
-  bool has_data() const;
+  bool has_data() const override;
 
   enum SendResult { kSent, kQueued, kNoLink, kBroken };
   SendResult send(uint32_t slot, const Part* parts, int nparts, size_t total);
@@ -96,7 +98,7 @@ class Member {
   // Removes a dead member's socket file if no live member holds its id (1 removed, 0 nothing
   // there, -1 held).
   int reap(const std::string& id);
-  int doorbell_fd() const { return bell_fd_; }
+  int doorbell_fd() const { return bell_fd_.get(); }
 
  private:
   StartResult take_id(std::string* err);
@@ -115,9 +117,9 @@ class Member {
   void schedule_trim();
   void trim();
   void on_link(PeerLink* link);
-  bool on_hello(PeerLink* link, const struct Hello& h, int* fds, int nfds, std::string err);
-  bool on_welcome(PeerLink* link, const struct Hello& h, int* fds, int nfds, std::string err);
-  bool attach_peer_ring(PeerLink* link, uint64_t ring_bytes, int ring_fd, int bell_fd,
+  bool on_hello(PeerLink* link, const struct Hello& h, Fd* fds, int nfds, std::string err);
+  bool on_welcome(PeerLink* link, const struct Hello& h, Fd* fds, int nfds, std::string err);
+  bool attach_peer_ring(PeerLink* link, uint64_t ring_bytes, Fd ring, Fd bell,
                         std::string* err);
   bool bring_up(PeerLink* link);  // false if the link went down at once
   void refuse(PeerLink* link, uint32_t code, const std::string& text);
@@ -131,11 +133,11 @@ class Member {
   Reactor& reactor_;
   MemberEvents& events_;
   MemberOptions options_;
-  int dir_fd_ = -1;
-  int lock_fd_ = -1;
-  int listen_fd_ = -1;
-  int bell_fd_ = -1;
-  int timer_fd_ = -1;
+  Fd dir_fd_;
+  Fd lock_fd_;
+  Fd listen_fd_;
+  Fd bell_fd_;
+  Fd timer_fd_;
   char listen_tag_ = 0;
   char bell_tag_ = 0;
   char timer_tag_ = 0;

@@ -4,16 +4,16 @@
  */
 import * as path from 'node:path';
 
-/** Records handed to a NativeBus's deliver callback: see native/binding.cc. */
-export const enum NativeEvent {
-  FRAME = 0,
-  FRAME_OWN = 1,
-  UP = 2,
-  DOWN = 3,
-  ERROR = 4,
-  READY = 5,
-  WRITABLE = 6,
-  BATCH = 7,
+/** The kinds of the records handed to a NativeBus's deliver callback: see native/binding.cc. */
+export interface NativeEvents {
+  FRAME: number;
+  FRAME_OWN: number;
+  UP: number;
+  DOWN: number;
+  ERROR: number;
+  READY: number;
+  WRITABLE: number;
+  BATCH: number;
 }
 
 export interface NativeBusOptions {
@@ -35,9 +35,9 @@ export type NativeDeliver = (
 ) => void;
 
 export interface NativeBus {
-  /** [0 started | 1 duplicate id | 2 failed, message, links still being made]. */
+  /** [one of NativeAddon.startResults, message, links still being made]. */
   start(): [number, string, number];
-  /** 0 in the ring, 1 queued outside it, 2 no such link, 3 link broken. */
+  /** One of NativeAddon.sendResults. */
   send(slot: number, head: Uint8Array, body: Uint8Array): number;
   queued(slot: number): number;
   /** Removes a dead member's socket file: 1 removed, 0 none, -1 its id is held. */
@@ -82,6 +82,11 @@ export interface NativeAddon {
   /** Removes a bus directory whose members all died (their files, then it): whether it is gone. */
   sweep(dir: string): boolean;
   protocolVersion: number;
+  /** The numbers the addon uses, read from it (their one source is native/binding.cc). */
+  events: NativeEvents;
+  startResults: { STARTED: number; DUPLICATE_ID: number; FAILED: number };
+  /** In the ring; queued outside it; no such link; the link is broken. */
+  sendResults: { SENT: number; QUEUED: number; NO_LINK: number; BROKEN: number };
   /** Blocks the thread for the whole run; '' when done, else what failed. */
   floor(options: NativeFloorOptions, onResult: (r: NativeFloorResult) => void): string;
 }

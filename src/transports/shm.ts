@@ -12,7 +12,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { ShmbusError, duplicateId, invalidArg } from '../errors';
 import { show } from '../ids';
-import { loadNative, NativeEvent, type NativeAddon, type NativeBus } from '../native';
+import { loadNative, type NativeAddon, type NativeBus, type NativeEvents } from '../native';
 import { shmHolder } from './shm-holder';
 import type { MemberId, Transport, TransportContext } from './transport';
 
@@ -130,6 +130,8 @@ export class ShmTransport implements Transport {
   private readonly ctx: TransportContext;
   private readonly options: ShmOptions;
   private native?: NativeBus;
+  /** The kinds of the addon's records (read from it). */
+  private events?: NativeEvents;
   private readonly idBySlot = new Map<number, MemberId>();
   /** Keyed by the id itself (a number id and its string are different members' ids). */
   private readonly slotById = new Map<MemberId, number>();
@@ -158,6 +160,7 @@ export class ShmTransport implements Transport {
     ensurePrivateDir(this.dir, 'bus directory', true);
     if (this.closed) throw new ShmbusError('ERR_SHMBUS_CLOSED', 'the transport was closed');
 
+    this.events = loaded.addon.events;
     const native = new loaded.addon.Bus(
       {
         dir: this.dir,
@@ -171,11 +174,12 @@ export class ShmTransport implements Transport {
     );
     const ready = new Promise<void>((resolve) => (this.onReady = resolve));
     const [result, message, pending] = native.start();
-    if (result === 1) {
+    const { STARTED, DUPLICATE_ID } = loaded.addon.startResults;
+    if (result === DUPLICATE_ID) {
       native.close();
       throw duplicateId(this.ctx.id, this.ctx.busName, shmHolder(this.dir, String(this.ctx.id)));
     }
-    if (result !== 0) {
+    if (result !== STARTED) {
       native.close();
       throw new ShmbusError('ERR_SHMBUS_TRANSPORT', `the shm transport can't join bus ${show(this.ctx.busName)} in ${this.dir}: ${message}`);
     }
@@ -240,6 +244,7 @@ export class ShmTransport implements Transport {
 
   private deliver(meta: Int32Array, count: number, extras: Array<Buffer | string> | undefined): void {
     const host = this.ctx.host;
+    const ev = this.events!;
     let thrown: unknown;
     for (let i = 0; i < count && !this.closed; i++) {
       const kind = meta[4 * i];
@@ -250,20 +255,20 @@ export class ShmTransport implements Transport {
       // through and the first error is rethrown after it, as an uncaught exception.
       try {
         switch (kind) {
-          case NativeEvent.BATCH:
+          case ev.BATCH:
             this.batch = extras![a] as Buffer;
             break;
-          case NativeEvent.FRAME: {
+          case ev.FRAME: {
             const from = this.idBySlot.get(slot);
             if (from !== undefined) host.frame(from, this.batch!.subarray(a, a + b));
             break;
           }
-          case NativeEvent.FRAME_OWN: {
+          case ev.FRAME_OWN: {
             const from = this.idBySlot.get(slot);
             if (from !== undefined) host.frame(from, extras![a] as Buffer);
             break;
           }
-          case NativeEvent.UP: {
+          case ev.UP: {
             const name = extras![a] as string;
             const id = parseId(name);
             this.idBySlot.set(slot, id);
@@ -271,7 +276,7 @@ export class ShmTransport implements Transport {
             host.join(id);
             break;
           }
-          case NativeEvent.DOWN: {
+          case ev.DOWN: {
             const name = extras![a] as string;
             const id = this.idBySlot.get(slot);
             this.idBySlot.delete(slot);
@@ -282,13 +287,13 @@ export class ShmTransport implements Transport {
             this.reap(name, 0);
             break;
           }
-          case NativeEvent.ERROR:
+          case ev.ERROR:
             host.error(new ShmbusError('ERR_SHMBUS_PROTOCOL', `shm: ${extras![a] as string}`));
             break;
-          case NativeEvent.READY:
+          case ev.READY:
             this.onReady?.();
             break;
-          case NativeEvent.WRITABLE:
+          case ev.WRITABLE:
             host.writable();
             break;
         }
