@@ -65,7 +65,10 @@ respected and every message checked (messages/s, MB/s), and the CPU time both pr
                        processes (no JS, no event loop), busy-polling (yielding the CPU after
                        5 µs with nothing read, as shm does), each message copied out of the
                        ring once and checked (codec raw): what shm would do with no JS on this
-                       machine; shm rows get their ratio to it
+                       machine; shm rows get their ratio to it. It never sleeps, so it needs
+                       two idle cores: on a busy machine it waits its turn behind every other
+                       process (its numbers can then be worse than shm's, which parks and is
+                       woken by its doorbell)
   --payloads LIST    payload sizes in bytes, 8 to 64 MiB (default 64,1024,65536,1048576)
   --codecs LIST      raw, v8, json for the shmbus transports (default raw,v8)
   --duration S       seconds for each measured phase of each combination (default 2)
