@@ -10,7 +10,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { debuglog } from 'node:util';
-import { ClusterAdapterWithHeartbeat, MessageType, type ClusterAdapterOptions, type ClusterMessage, type ClusterResponse, type ServerId } from 'socket.io-adapter';
+import { Adapter, ClusterAdapterWithHeartbeat, MessageType, type BroadcastOptions, type ClusterAdapterOptions, type ClusterMessage, type ClusterResponse, type ServerId } from 'socket.io-adapter';
 import { Bus, type MessageInfo } from './bus';
 import { ShmbusError, invalidArg } from './errors';
 import { clusterRole, hostToken, show, type MemberId } from './ids';
@@ -49,6 +49,7 @@ type Response = ClusterResponse & { requesterUid: ServerId };
 /** What this file needs of ClusterAdapterWithHeartbeat beyond its protected API (pinned by the peer range ~2.5). */
 interface HeartbeatInternals {
   nodesMap: Map<ServerId, number>;
+  ackRequests: Map<string, { clientCountCallback: (clientCount: number) => void; ack: (...args: unknown[]) => void }>;
   customRequests: Map<string, { timeout: NodeJS.Timeout; missingUids: Set<ServerId>; responses: unknown[]; resolve: (...args: unknown[]) => void }>;
   removeNode(uid: ServerId): void;
 }
@@ -217,6 +218,8 @@ export class ShmbusAdapter extends ClusterAdapterWithHeartbeat {
   private readonly servers = new Map<ServerId, MemberId>();
   /** Broadcasts with client acknowledgements: the servers that have not yet said how many clients they wait for. */
   private readonly clientCounts = new Map<string, Set<ServerId>>();
+  /** Broadcasts with client acknowledgements: when each is forgotten (its timeout). */
+  private readonly ackTimers = new Map<string, NodeJS.Timeout>();
   private bus: Bus | undefined;
   private closed = false;
 
@@ -267,7 +270,6 @@ export class ShmbusAdapter extends ClusterAdapterWithHeartbeat {
   }
 
   protected override doPublish(message: ClusterMessage): Promise<string> {
-    if (message.type === MessageType.BROADCAST && message.data.requestId !== undefined) this.expectClientCounts(message.data.requestId, message.data.opts.flags.timeout);
     // '' : no offsets, so no connection state recovery (as @socket.io/cluster-adapter).
     return this.shared.send(MESSAGE, message).then(() => '');
   }
@@ -280,6 +282,21 @@ export class ShmbusAdapter extends ClusterAdapterWithHeartbeat {
 
   override fetchSockets(opts: Parameters<ClusterAdapterWithHeartbeat['fetchSockets']>[0]): Promise<any[]> {
     return super.fetchSockets({ ...opts, flags: { ...opts.flags, timeout: opts.flags?.timeout ?? this.requestsTimeout } });
+  }
+
+  /**
+   * As ClusterAdapter's, but the timer that forgets the request at its timeout is this adapter's:
+   * close() clears it (socket.io-adapter's own would keep the process alive for the whole timeout
+   * after io.close()).
+   */
+  override broadcastWithAck(packet: any, opts: BroadcastOptions, clientCountCallback: (clientCount: number) => void, ack: (...args: any[]) => void): void {
+    if (opts.flags?.local) return super.broadcastWithAck(packet, opts, clientCountCallback, ack);
+    const requestId = randomBytes(8).toString('hex');
+    this.internals.ackRequests.set(requestId, { clientCountCallback, ack });
+    this.clientCounts.set(requestId, new Set(this.internals.nodesMap.keys()));
+    this.ackTimers.set(requestId, setTimeout(() => this.forgetAcks(requestId), opts.flags?.timeout));
+    this.publish({ type: MessageType.BROADCAST, data: { packet, requestId, opts: { rooms: [...opts.rooms], except: [...(opts.except ?? [])], flags: opts.flags ?? {} } } });
+    Adapter.prototype.broadcastWithAck.call(this, packet, opts, clientCountCallback, ack);
   }
 
   override serverSideEmit(packet: any[]): Promise<any> {
@@ -303,6 +320,7 @@ export class ShmbusAdapter extends ClusterAdapterWithHeartbeat {
     if (this.closed) return Promise.resolve();
     super.close(); // publishes ADAPTER_CLOSE
     this.closed = true;
+    for (const requestId of [...this.ackTimers.keys()]) this.forgetAcks(requestId);
     if (this.bus) {
       this.bus.off(MESSAGE, this.onBusMessage);
       this.bus.off(RESPONSE, this.onBusResponse);
@@ -311,10 +329,12 @@ export class ShmbusAdapter extends ClusterAdapterWithHeartbeat {
     return this.shared.release();
   }
 
-  private expectClientCounts(requestId: string, timeout: number | undefined): void {
-    this.clientCounts.set(requestId, new Set(this.internals.nodesMap.keys()));
-    // socket.io forgets the request at its timeout; so does this.
-    setTimeout(() => this.clientCounts.delete(requestId), timeout ?? DEFAULT_REQUESTS_TIMEOUT).unref();
+  /** A broadcast with client acknowledgements past its timeout (socket.io has told the emitter). */
+  private forgetAcks(requestId: string): void {
+    clearTimeout(this.ackTimers.get(requestId));
+    this.ackTimers.delete(requestId);
+    this.internals.ackRequests.delete(requestId);
+    this.clientCounts.delete(requestId);
   }
 
   /** A server that left: no answer will come from it. */
