@@ -8,6 +8,7 @@ import { resultOf, transportsUnderTest } from './helpers/run.mjs';
 const transports = await transportsUnderTest();
 const names = (...list) => list.sort();
 const everyone = names('w1a', 'w1b', 'w2a', 'w2b', 'w3a', 'w3b');
+const withoutMs = ({ ms, ...rest }) => rest;
 const each = (list, value) => Object.fromEntries(list.map((name) => [name, [value]]));
 
 for (const transport of transports) {
@@ -24,17 +25,29 @@ for (const transport of transports) {
     assert.deepEqual(r.namespace, { w2admin: ['admins'] });
   });
 
-  test(`${transport}: serverSideEmit reaches the other servers; with an ack, every other server answers (binary too)`, async () => {
+  test(`${transport}: serverSideEmit reaches the other servers; with an ack, every other server answers (binary too); one that never answers: the timeout error after requestsTimeout, with the others' answers`, async () => {
     const r = await cluster;
     assert.deepEqual(r.notes, [[], ['note'], ['note']]);
-    assert.deepEqual(r.withAck, { err: null, responses: ['2:q:02', '3:q:03'] });
+    assert.deepEqual(withoutMs(r.withAck), { err: null, responses: ['2:q:02', '3:q:03'] });
+    assert.deepEqual(withoutMs(r.silent), { err: 'timeout reached: missing 1 responses', responses: ['2:silent:02'] });
+    // requestsTimeout is 3000 ms: ended by that timer, not hanging.
+    assert.ok(r.silent.ms >= 2990 && r.silent.ms < 9000, `ended after ${r.silent.ms} ms`);
   });
 
   test(`${transport}: fetchSockets returns every server's sockets, or a room's; client acks come from every server's clients`, async () => {
     const r = await cluster;
     assert.deepEqual(r.fetchAll, names('w1a:a', 'w1b:b', 'w2a:a', 'w2b:b', 'w3a:a', 'w3b:b'));
     assert.deepEqual(r.fetchRoom, names('w1b:b', 'w2b:b', 'w3b:b'));
-    assert.deepEqual(r.clientAcks, { err: null, responses: everyone });
+    assert.deepEqual(withoutMs(r.clientAcks), { err: null, responses: everyone });
+  });
+
+  test(`${transport}: broadcasts with client acks: binary answers stay binary; nobody to ask: [] at once; a client that never answers: the timeout error after the timeout, with the others' answers`, async () => {
+    const r = await cluster;
+    assert.deepEqual(withoutMs(r.binaryAcks), { err: null, responses: everyone.map((name) => `bin:${name}`) });
+    // The timeout is 10 s: no error means every server said it had no client to wait for.
+    assert.deepEqual(withoutMs(r.noClientAcks), { err: null, responses: [] });
+    assert.deepEqual(withoutMs(r.someAcks), { err: 'operation has timed out', responses: everyone.filter((name) => name !== 'w3b') });
+    assert.ok(r.someAcks.ms >= 1990 && r.someAcks.ms < 8000, `ended after ${r.someAcks.ms} ms (the timeout is 2000)`);
   });
 
   test(`${transport}: socketsJoin, socketsLeave and disconnectSockets act on every server`, async () => {
@@ -52,10 +65,10 @@ for (const transport of transports) {
     // requestsTimeout, heartbeatTimeout and the emit's timeout are 60 s, beyond this run's limit:
     // only the bus seeing the server die can settle them in time, and a timeout would be an error.
     const r = await resultOf('socketio.mjs', { args: ['kill'], transport, timeout: 40_000 });
-    assert.deepEqual(r.withAck, { err: null, responses: ['2:q:02'] });
-    assert.deepEqual(r.clientAcks, { err: null, responses: ['w1a', 'w2a'] });
+    assert.deepEqual(withoutMs(r.withAck), { err: null, responses: ['2:q:02'] });
+    assert.deepEqual(withoutMs(r.clientAcks), { err: null, responses: ['w1a', 'w2a'] });
     assert.deepEqual(r.fetchAfterKill, ['w1a:a', 'w2a:a']);
-    assert.deepEqual(r.withAckAfterKill, { err: null, responses: ['1:again:01'] });
+    assert.deepEqual(withoutMs(r.withAckAfterKill), { err: null, responses: ['1:again:01'] });
     assert.deepEqual(r.exited, [0, 0], 'each server exits by itself after io.close(): the 60 s timer of its emit with client acks is cleared');
   });
 }
