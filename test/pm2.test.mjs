@@ -3,49 +3,24 @@
 // home of its own, so no other PM2 is touched.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { pm2Home, until } from './helpers/pm2.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const pm2 = path.join(root, 'node_modules', '.bin', 'pm2');
 const app = path.join(root, 'test', 'fixtures', 'pm2-app.cjs');
 
-async function until(check, timeout) {
-  const end = Date.now() + timeout;
-  while (Date.now() < end) {
-    const value = check();
-    if (value !== undefined) return value;
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-  return undefined;
-}
-
 test('PM2 cluster mode: instances 0 and 1 open the bus with their default ids and talk over shm', { timeout: 90_000 }, async () => {
-  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'shmbus-pm2-'));
-  const out = path.join(work, 'outcome.json');
-  const env = {
-    ...process.env,
-    PM2_HOME: path.join(work, 'pm2'),
-    SHMBUS_DIR: path.join(work, 'bus'),
-    PM2_TEST_OUT: out,
-    PM2_TEST_BUS: `pm2-${process.pid}`,
-  };
-  // The test runner's own variables are not the application's.
-  delete env.NODE_TEST_CONTEXT;
-  delete env.SHMBUS_TRANSPORT;
-  delete env.SHMBUS_ID;
-  const pm2Run = (...args) => execFileSync(pm2, args, { env, cwd: work, stdio: 'pipe', timeout: 30_000 }).toString();
+  const pm2 = pm2Home((work) => ({ SHMBUS_TRANSPORT: undefined, PM2_TEST_OUT: path.join(work, 'outcome.json'), PM2_TEST_BUS: `pm2-${process.pid}` }));
+  const out = path.join(pm2.work, 'outcome.json');
   try {
-    pm2Run('start', app, '--name', 'shmbus-pm2-test', '-i', '2', '--no-autorestart');
+    pm2.run('start', app, '--name', 'shmbus-pm2-test', '-i', '2', '--no-autorestart');
     const outcome = await until(() => (fs.existsSync(out) ? JSON.parse(fs.readFileSync(out, 'utf8')) : undefined), 40_000);
-    const list = JSON.parse(pm2Run('jlist'));
-    assert.ok(outcome, `instance 0 wrote no outcome; pm2 sees ${JSON.stringify(list.map((p) => [p.pm2_env.NODE_APP_INSTANCE, p.pm2_env.status, p.pm2_env.exec_mode]))}`);
+    assert.ok(outcome, `instance 0 wrote no outcome; pm2 sees ${JSON.stringify(pm2.described())}`);
     assert.equal(outcome.error, undefined);
     assert.deepEqual(
-      list.map((p) => p.pm2_env.exec_mode),
+      pm2.described().map(([, , mode]) => mode),
       ['cluster_mode', 'cluster_mode'],
     );
     assert.equal(outcome.id, 0);
@@ -56,23 +31,14 @@ test('PM2 cluster mode: instances 0 and 1 open the bus with their default ids an
     assert.notEqual(outcome.answer.pid, outcome.pid);
     assert.deepEqual(outcome.pong, { text: 'hi back', from: 1 });
   } finally {
-    try {
-      pm2Run('kill');
-    } catch {
-      // the daemon may not have started
-    }
-    fs.rmSync(work, { recursive: true, force: true });
+    pm2.done();
   }
 });
 
 test('PM2, two apps on one bus: default ids collide (a clear DUPLICATE_ID, nothing left open), ids per app talk', { timeout: 90_000 }, async () => {
-  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'shmbus-pm2-'));
   const apps = path.join(root, 'test', 'fixtures', 'pm2-apps.cjs');
-  const env = { ...process.env, PM2_HOME: path.join(work, 'pm2'), SHMBUS_DIR: path.join(work, 'bus') };
-  delete env.NODE_TEST_CONTEXT;
-  delete env.SHMBUS_TRANSPORT;
-  delete env.SHMBUS_ID;
-  const pm2Run = (...args) => execFileSync(pm2, args, { env, cwd: work, stdio: 'pipe', timeout: 30_000 }).toString();
+  const pm2 = pm2Home(() => ({ SHMBUS_TRANSPORT: undefined }));
+  const work = pm2.work;
   // One ecosystem file, two apps of one instance each in cluster mode (both are NODE_APP_INSTANCE 0).
   const start = (ids) => {
     const out = path.join(work, ids);
@@ -87,7 +53,7 @@ test('PM2, two apps on one bus: default ids collide (a clear DUPLICATE_ID, nothi
     });
     const file = path.join(work, `${ids}.config.js`);
     fs.writeFileSync(file, `module.exports = ${JSON.stringify({ apps: [app('web'), app('jobs')] })};`);
-    pm2Run('start', file);
+    pm2.run('start', file);
     const read = (name) => (fs.existsSync(path.join(out, `${name}.json`)) ? JSON.parse(fs.readFileSync(path.join(out, `${name}.json`), 'utf8')) : undefined);
     return until(() => {
       const [web, jobs] = [read('web'), read('jobs')];
@@ -118,11 +84,6 @@ test('PM2, two apps on one bus: default ids collide (a clear DUPLICATE_ID, nothi
     assert.deepEqual(perApp.web.peers, ['jobs.0']);
     assert.deepEqual(perApp.web.answer, { id: 'jobs.0', pid: perApp.jobs.pid });
   } finally {
-    try {
-      pm2Run('kill');
-    } catch {
-      // the daemon may not have started
-    }
-    fs.rmSync(work, { recursive: true, force: true });
+    pm2.done();
   }
 });
