@@ -1,9 +1,16 @@
 // shmbus/socket.io: real socket.io servers under node:cluster, real socket.io-client clients, on
-// every transport under test (test/fixtures/socketio.mjs).
+// every transport under test (test/fixtures/socketio.mjs); servers that nothing forks (plain
+// `node` programs, and PM2's cluster mode) on shm and nats (test/fixtures/socketio-server.cjs).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { io as connect } from 'socket.io-client';
+import { pm2Home, until } from './helpers/pm2.mjs';
 import { resultOf, transportsUnderTest } from './helpers/run.mjs';
+import { program } from './helpers/spawn.mjs';
 
 const transports = await transportsUnderTest();
 const names = (...list) => list.sort();
@@ -79,6 +86,78 @@ for (const transport of transports.filter((t) => t !== 'process')) {
     // The program must exit by itself after io.close(): an open bus would keep it running.
     const r = await resultOf('socketio-default.mjs', { transport, timeout: 20_000 });
     assert.deepEqual(r, { ids: ['socket.io-HOST-PID-R', 'socket.io-HOST-PID-R'], answers: { err: null, responses: ['2:x'] } });
+  });
+}
+
+const SERVER = new URL('./fixtures/socketio-server.cjs', import.meta.url);
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * One client on each server ({ name, port } as the servers print when ready); through them, a
+ * broadcast, fetchSockets, serverSideEmit with an ack and a broadcast with client acks, each
+ * made on one server, checked on all. Returns the clients, connected.
+ */
+async function checkCluster(servers) {
+  const clients = servers.map(({ name, port }) => {
+    const socket = connect(`http://127.0.0.1:${port}`, { transports: ['websocket'], query: { name: `c-${name}` }, reconnection: false, forceNew: true });
+    socket.on('question', (cb) => cb(`c-${name}`));
+    return socket;
+  });
+  await Promise.all(clients.map((socket) => new Promise((resolve, reject) => socket.once('connect', resolve).once('connect_error', reject))));
+  const call = (socket, event, ...args) => socket.timeout(20_000).emitWithAck(event, ...args);
+  const names = servers.map((s) => s.name).sort();
+  const clientNames = names.map((name) => `c-${name}`);
+  const news = clients.map((socket) => new Promise((resolve) => (socket.once('news', resolve), setTimeout(resolve, 20_000, 'nothing within 20 s').unref())));
+  await call(clients[0], 'broadcast', 'hi');
+  assert.deepEqual(await Promise.all(news), servers.map(() => `${servers[0].name}:hi`));
+  assert.deepEqual(await call(clients[1], 'fetch'), clientNames);
+  assert.deepEqual(await call(clients.at(-1), 'ask-servers'), { err: null, responses: names.filter((n) => n !== servers.at(-1).name) });
+  assert.deepEqual(await call(clients[0], 'ask-clients'), { err: null, responses: clientNames });
+  return clients;
+}
+
+for (const transport of transports.filter((t) => t !== 'process')) {
+  // (On 'process' servers that nothing forks are buses of one: there is no hub.)
+  test(`${transport}: three servers started on their own (plain node programs) form one cluster; each exits by itself after io.close()`, { timeout: 120_000 }, async () => {
+    const bus = `sio-alone-${process.pid}`;
+    const programs = [1, 2, 3].map((n) =>
+      program(SERVER, { env: { SHMBUS_TRANSPORT: transport, SHMBUS_TEST_BUS: bus, SIO_NAME: `s${n}`, SIO_SERVERS: '3' }, name: `socketio-server s${n} on ${transport}` }),
+    );
+    try {
+      const servers = await Promise.all(programs.map((p) => p.line((l) => l.ready, 30_000).then((l) => l.ready)));
+      const clients = await checkCluster(servers);
+      for (const socket of clients) socket.emit('close');
+      const exits = await Promise.all(programs.map((p) => Promise.race([p.exited, sleep(15_000).then(() => 'still running 15 s after io.close()')])));
+      for (const socket of clients) socket.close();
+      assert.deepEqual(exits, programs.map(() => ({ code: 0, signal: null })), programs.map((p) => p.describe()).join('\n'));
+    } finally {
+      for (const p of programs) p.kill();
+    }
+  });
+
+  test(`${transport}: PM2 cluster mode, three instances of one app with createAdapter(), form one cluster`, { timeout: 120_000 }, async () => {
+    // On shm the adapter opens its own bus, 'socket.io' (in this PM2's own bus directory); NATS
+    // is shared, so there each run names one.
+    const pm2 = pm2Home((work) => ({ SHMBUS_TRANSPORT: transport, SHMBUS_TEST_BUS: transport === 'nats' ? `sio-pm2-${process.pid}` : undefined, SIO_SERVERS: '3', SIO_OUT: work }));
+    try {
+      pm2.run('start', fileURLToPath(SERVER), '--name', 'sio', '-i', '3', '--no-autorestart');
+      const read = (name) => {
+        const file = path.join(pm2.work, `${name}.json`);
+        return fs.existsSync(file) ? JSON.parse(fs.readFileSync(file, 'utf8')).ready : undefined;
+      };
+      const servers = await until(() => {
+        const all = ['pm2-0', 'pm2-1', 'pm2-2'].map(read);
+        return all.every(Boolean) ? all : undefined;
+      }, 60_000);
+      assert.ok(servers, `not every instance got ready; pm2 sees ${JSON.stringify(pm2.described())}`);
+      assert.deepEqual(
+        pm2.described().map(([, , mode]) => mode),
+        ['cluster_mode', 'cluster_mode', 'cluster_mode'],
+      );
+      for (const socket of await checkCluster(servers)) socket.close();
+    } finally {
+      pm2.done();
+    }
   });
 }
 
