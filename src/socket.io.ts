@@ -4,7 +4,8 @@
  * (broadcasts, rooms, fetchSockets, serverSideEmit, heartbeats); this file only publishes its
  * messages on the bus, feeds back what arrives, and tells it at once when a server's member
  * leaves or dies (peer:leave), so that pending requests settle with the living servers' answers
- * instead of waiting out their timeout.
+ * instead of waiting out their timeout; and it keeps the timers of broadcasts with client acks
+ * itself, so that close() can clear them.
  *
  * Imported on its own (`shmbus/socket.io`): `shmbus` itself never loads socket.io.
  */
