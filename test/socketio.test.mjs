@@ -22,9 +22,10 @@ for (const transport of transports) {
   const cluster = resultOf('socketio.mjs', { args: ['cluster'], transport, timeout: 60_000 });
   cluster.catch(() => undefined); // reported by each test below
 
-  test(`${transport}: broadcasts reach all, a room, all but a room, this server only, a namespace; binary stays binary`, async () => {
+  test(`${transport}: broadcasts reach all, a room, all but a room, this server only, a namespace; several arguments; binary stays binary`, async () => {
     const r = await cluster;
     assert.deepEqual(r.all, each(everyone, 'all'));
+    assert.deepEqual(r.allArgs, each(everyone, 'all,n1,bin:0304'));
     assert.deepEqual(r.room, each(['w1a', 'w2a', 'w3a'], 'to-a'));
     assert.deepEqual(r.except, each(['w1b', 'w2b', 'w3b'], 'not-a'));
     assert.deepEqual(r.local, each(['w1a', 'w1b'], 'local'));
@@ -57,10 +58,11 @@ for (const transport of transports) {
     assert.ok(r.someAcks.ms >= 1990 && r.someAcks.ms < 8000, `ended after ${r.someAcks.ms} ms (the timeout is 2000)`);
   });
 
-  test(`${transport}: socketsJoin, socketsLeave and disconnectSockets act on every server`, async () => {
+  test(`${transport}: socketsJoin, socketsLeave and disconnectSockets, of all sockets or those in a room, act on every server`, async () => {
     const r = await cluster;
     assert.deepEqual(r.joined, each(['w1a', 'w2a', 'w3a'], 'to-c'));
     assert.deepEqual(r.fetchJoined, names('w1a:a,c', 'w2a:a,c', 'w3a:a,c'));
+    assert.deepEqual(r.leftSome, each(['w1b', 'w2b', 'w3b'], 'to-c-b'), 'the sockets in a left c, those in b joined it');
     assert.deepEqual(r.left, {});
     assert.deepEqual(r.disconnectedRoom, ['io server disconnect', 'io server disconnect', 'io server disconnect']);
     assert.deepEqual(r.fetchAfterDisconnect, names('w1a:a', 'w2a:a', 'w3a:a'));
