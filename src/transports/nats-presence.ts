@@ -10,11 +10,15 @@
  * The transport gives this module a PresenceLink (publish a control message, hear of joins and
  * leaves, report errors, and its own work per member on each sweep) and hands it the messages of
  * the presence subject, the inbox and the claims on its member subject.
+ *
+ * A transport built on this one (hybrid) names itself in every presence message of its members
+ * (NatsHooks.flavor) and adds fields of its own; a member whose presence names another transport
+ * is refused: an error naming it, and it never counts as a member.
  */
 import { debuglog } from 'node:util';
 import { ShmbusError, duplicateId } from '../errors';
 import { show } from '../ids';
-import { idToken, tokenId, type Control, type ControlSender, type ReceivedControl, type Subjects } from './nats-wire';
+import { idToken, tokenId, type Control, type ControlSender, type ReceivedControl, type Said, type Subjects } from './nats-wire';
 import type { MemberId } from './transport';
 
 const debug = debuglog('shmbus');
@@ -63,6 +67,18 @@ export interface PresenceLink {
   sweep(peer: Peer, now: number): void;
 }
 
+/**
+ * What a transport built on the nats one adds. `flavor`: the transport its members' presence
+ * names (absent: 'nats'); a member whose presence names another is refused. `presence`: the fields
+ * added to this member's presence messages (read each time one is sent). `heard`: the fields of
+ * each presence message of a member, once it counts as one.
+ */
+export interface NatsHooks {
+  flavor?: string;
+  presence?: Record<string, unknown>;
+  heard?(id: MemberId, extra: Record<string, unknown>): void;
+}
+
 export type PresenceState = 'new' | 'joining' | 'member' | 'closed';
 
 type ClaimAnswer = { kind: 'taken' | 'joining'; instance: string | undefined } | 'none';
@@ -87,12 +103,20 @@ export class Presence {
     private readonly subjects: Subjects,
     private readonly tune: PresenceTuning,
     private readonly link: PresenceLink,
+    private readonly hooks: NatsHooks = {},
   ) {
+    this.flavor = hooks.flavor ?? 'nats';
     this.sender = { id: self.id, epoch: self.epoch, instance: self.instance, heartbeatInterval: tune.heartbeatInterval };
   }
 
   /** The sender fields of this member's control messages. */
   readonly sender: ControlSender;
+  private readonly flavor: string;
+
+  /** What this member says of itself in its presence messages. */
+  private said(): Said {
+    return { flavor: this.flavor, extra: this.hooks.presence ?? {} };
+  }
 
   // -------------------------------------------------------------------------------------------
   // Joining and leaving
@@ -122,12 +146,12 @@ export class Presence {
    * heartbeats from then on. Rejects ERR_SHMBUS_DUPLICATE_ID if another process won the id meanwhile.
    */
   async join(): Promise<void> {
-    this.link.publish(this.subjects.presence, { kind: 'query', replyTo: this.subjects.queryAnswers, rejoin: false });
+    this.link.publish(this.subjects.presence, { kind: 'query', replyTo: this.subjects.queryAnswers, rejoin: false, ...this.said() });
     await new Promise((resolve) => setTimeout(resolve, this.tune.joinWindow));
     if (this.lostClaim !== undefined) throw duplicateId(this.self.id, this.self.busName, this.lostClaim);
     if (this.state !== 'joining') throw new ShmbusError('ERR_SHMBUS_CLOSED', 'the bus was closed while it was opening');
     this.state = 'member';
-    this.link.publish(this.subjects.presence, { kind: 'hello' });
+    this.link.publish(this.subjects.presence, { kind: 'hello', ...this.said() });
     this.hbTimer = setInterval(() => this.heartbeat(), this.tune.heartbeatInterval);
     this.lastSweep = Date.now();
     this.sweepTimer = setInterval(() => this.sweep(), this.sweepPeriod);
@@ -148,7 +172,7 @@ export class Presence {
   reconnected(): void {
     this.reconnectedAt = Date.now();
     if (this.state !== 'member') return;
-    this.link.publish(this.subjects.presence, { kind: 'query', replyTo: this.subjects.queryAnswers, rejoin: true });
+    this.link.publish(this.subjects.presence, { kind: 'query', replyTo: this.subjects.queryAnswers, rejoin: true, ...this.said() });
     this.heartbeat();
   }
 
@@ -172,7 +196,7 @@ export class Presence {
   }
 
   private heartbeat(): void {
-    if (this.state === 'member') this.link.publish(this.subjects.presence, { kind: 'heartbeat' });
+    if (this.state === 'member') this.link.publish(this.subjects.presence, { kind: 'heartbeat', ...this.said() });
   }
 
   // -------------------------------------------------------------------------------------------
@@ -213,10 +237,22 @@ export class Presence {
     this.link.left(peer, why);
   }
 
-  /** seen() for a message that also tells the sender's heartbeat interval. */
-  private seenWith(sender: ControlSender): void {
+  /** seen() for a presence message, which also tells the sender's heartbeat interval and what it says of itself. */
+  private seenWith(sender: ControlSender, said: Said): void {
+    if (said.flavor !== this.flavor && sender.id !== this.self.id) return this.refuse(sender, said.flavor);
     const peer = this.seen(sender.id, sender.epoch);
-    if (peer && sender.heartbeatInterval !== undefined) peer.interval = sender.heartbeatInterval;
+    if (!peer) return;
+    if (sender.heartbeatInterval !== undefined) peer.interval = sender.heartbeatInterval;
+    this.hooks.heard?.(peer.id, said.extra);
+  }
+
+  /** A member of this bus on another transport: never a member here (its incarnation counts as over). */
+  private refuse(sender: ControlSender, flavor: string): void {
+    if (this.deadEpochs.get(sender.id) === sender.epoch) return;
+    this.deadEpochs.set(sender.id, sender.epoch);
+    if (this.members.get(sender.id)?.epoch === sender.epoch) this.remove(sender.id, `on transport ${flavor}`);
+    debug('nats %s: refused %s (transport %s)', this.self.busName, sender.id, flavor);
+    this.link.report(new ShmbusError('ERR_SHMBUS_TRANSPORT', `member ${show(sender.id)} of bus ${show(this.self.busName)} uses the ${show(flavor)} transport, this one ${show(this.flavor)}: members of one bus use one transport, so it is not counted as a member; open every member with the same transport option`));
   }
 
   private duplicateSeen(): void {
@@ -252,13 +288,13 @@ export class Presence {
         // A member joining (or one back after a reconnect) asks who is here.
         if (this.isOther(sender)) this.contest(sender);
         if (this.state === 'member' || this.state === 'joining') {
-          this.link.publish(message.replyTo, { kind: 'here', member: this.state === 'member' });
+          this.link.publish(message.replyTo, { kind: 'here', member: this.state === 'member', ...this.said() });
         }
-        if (message.rejoin) this.seenWith(sender);
+        if (message.rejoin) this.seenWith(sender, message);
         return;
       case 'hello':
       case 'heartbeat':
-        this.seenWith(sender);
+        this.seenWith(sender, message);
         return;
       case 'bye': {
         const peer = this.members.get(sender.id);
@@ -312,7 +348,7 @@ export class Presence {
       else this.contest(sender);
       return;
     }
-    if (message.member) this.seenWith(sender);
+    if (message.member) this.seenWith(sender, message);
   }
 
   // -------------------------------------------------------------------------------------------

@@ -17,7 +17,9 @@
  * acknowledgement follows: the target's epoch u32, unicast u32, broadcast u32; then the sender's
  * id token (fromLen bytes), then the payload. Control messages are JSON objects (first byte '{'),
  * with short keys: t (kind) and the kind's fields, and every one the sender's id, e (epoch), i
- * (instance) and h (heartbeat interval).
+ * (instance) and h (heartbeat interval). The presence kinds (query, here, hello, hb) also carry
+ * x, the transport the sender is on when it is not plain nats (one built on it: hybrid), and the
+ * fields that transport adds, under keys of its own.
  */
 import { isMemberId } from '../ids';
 import { BROADCAST, UNICAST, isU32, type Ack, type Stream } from './flow';
@@ -324,14 +326,22 @@ export class ChunkJoiner {
 // ---------------------------------------------------------------------------------------------
 // Control messages
 
+/** What a member says of itself in each of its presence messages (query, here, hello, heartbeat). */
+export interface Said {
+  /** The transport it is on: 'nats', or one built on it ('hybrid'). On the wire: x, absent for 'nats'. */
+  flavor: string;
+  /** The fields that transport adds (on the wire under their own keys, none of the keys above). */
+  extra: Record<string, unknown>;
+}
+
 /** Control messages, by kind. */
 export type Control =
   /** Who is here? (a member joining, or one back after a reconnect: `rejoin`) Answers go to `replyTo`. */
-  | { kind: 'query'; replyTo: string; rejoin: boolean }
+  | ({ kind: 'query'; replyTo: string; rejoin: boolean } & Said)
   /** An answer to a query: a member, or a process still joining. */
-  | { kind: 'here'; member: boolean }
-  | { kind: 'hello' }
-  | { kind: 'heartbeat' }
+  | ({ kind: 'here'; member: boolean } & Said)
+  | ({ kind: 'hello' } & Said)
+  | ({ kind: 'heartbeat' } & Said)
   | { kind: 'bye' }
   /** A process wants this id (on the id's member subject, with `replyTo` as its reply subject). */
   | { kind: 'claim'; replyTo: string }
@@ -360,7 +370,25 @@ export interface ReceivedControl {
 }
 
 const KIND_TO_WIRE = { query: 'query', here: 'here', hello: 'hello', heartbeat: 'hb', bye: 'bye', claim: 'claim', taken: 'taken', joining: 'joining', ack: 'ack', sync: 'sync' } as const;
+/** The keys of this format: a field a transport built on nats adds to presence uses none of them. */
+const WIRE_KEYS = new Set(['t', 'r', 'm', 's', 'te', 'u', 'b', 'x', 'id', 'e', 'i', 'h']);
 const TE = new TextEncoder();
+
+/** The wire fields of what a member says of itself. */
+function writeSaid(wire: Record<string, unknown>, said: Said): void {
+  for (const [key, value] of Object.entries(said.extra)) {
+    if (WIRE_KEYS.has(key)) throw new RangeError(`presence field ${key} is one of the nats transport's own`);
+    wire[key] = value;
+  }
+  if (said.flavor !== 'nats') wire.x = said.flavor;
+}
+
+/** What a member says of itself, from the wire fields. */
+function readSaid(w: Record<string, unknown>): Said {
+  const extra: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(w)) if (!WIRE_KEYS.has(key)) extra[key] = value;
+  return { flavor: typeof w.x === 'string' ? w.x : 'nats', extra };
+}
 
 export function encodeControl(message: Control, sender: ControlSender): Uint8Array {
   const wire: Record<string, unknown> = { t: KIND_TO_WIRE[message.kind] };
@@ -368,9 +396,15 @@ export function encodeControl(message: Control, sender: ControlSender): Uint8Arr
     case 'query':
       wire.r = message.replyTo;
       if (message.rejoin) wire.m = 1;
+      writeSaid(wire, message);
       break;
     case 'here':
       wire.s = message.member ? 'm' : 'j';
+      writeSaid(wire, message);
+      break;
+    case 'hello':
+    case 'heartbeat':
+      writeSaid(wire, message);
       break;
     case 'claim':
       wire.r = message.replyTo;
@@ -408,19 +442,21 @@ export function decodeControl(data: Uint8Array): ReceivedControl | undefined {
   switch (w.t) {
     case 'query':
       if (typeof w.r !== 'string') return undefined;
-      message = { kind: 'query', replyTo: w.r, rejoin: w.m === 1 };
+      message = { kind: 'query', replyTo: w.r, rejoin: w.m === 1, ...readSaid(w) };
       break;
     case 'here':
-      message = { kind: 'here', member: w.s === 'm' };
+      message = { kind: 'here', member: w.s === 'm', ...readSaid(w) };
       break;
     case 'hello':
+      message = { kind: 'hello', ...readSaid(w) };
+      break;
+    case 'hb':
+      message = { kind: 'heartbeat', ...readSaid(w) };
+      break;
     case 'bye':
     case 'taken':
     case 'joining':
       message = { kind: w.t };
-      break;
-    case 'hb':
-      message = { kind: 'heartbeat' };
       break;
     case 'claim':
       message = { kind: 'claim', replyTo: typeof w.r === 'string' ? w.r : '' };

@@ -37,7 +37,7 @@ import { ShmbusError, duplicateId, invalidArg } from '../errors';
 import { show } from '../ids';
 import { BATCH_BYTES, Batcher, readBatch } from './batch';
 import { BROADCAST, FlowControl, UNICAST, type Ack, type Stream } from './flow';
-import { Presence, type Peer, type PresenceLink, type PresenceTuning } from './nats-presence';
+import { Presence, type NatsHooks, type Peer, type PresenceLink, type PresenceTuning } from './nats-presence';
 import { ChunkJoiner, FrameKind, FrameWriter, Subjects, TokenIds, decodeControl, encodeControl, idToken, isControl, readFrame, type Control, type FrameAck } from './nats-wire';
 import type { MemberId, Transport, TransportContext } from './transport';
 
@@ -158,6 +158,8 @@ class NatsTransport implements Transport {
   private subs: NatsSub[] = [];
   /** Set when open() has resolved: from then on the host hears of joins and leaves. */
   private reporting = false;
+  /** What presence reported before open() resolved. */
+  private readonly reportLater: Error[] = [];
   private maxPayload = DEFAULT_MAX_PAYLOAD;
   private readonly flow: FlowControl;
   private readonly batches: Batcher<MemberId | typeof EVERYONE>;
@@ -166,7 +168,7 @@ class NatsTransport implements Transport {
   private held = true;
   private closing?: Promise<void>;
 
-  constructor(ctx: TransportContext) {
+  constructor(ctx: TransportContext, hooks: NatsHooks) {
     this.ctx = ctx;
     const options = ctx.options ?? {};
     this.tune = tuning(options);
@@ -185,10 +187,11 @@ class NatsTransport implements Transport {
         if (this.reporting) ctx.host.join(peer.id);
       },
       left: (peer) => this.left(peer),
-      report: (err) => this.report(err),
+      // Heard while opening (a member refused): said once open() has resolved, when the application can listen.
+      report: (err) => (this.reporting ? this.report(err) : this.reportLater.push(err)),
       sweep: (peer, now) => this.check(peer, now),
     };
-    this.presence = new Presence({ id: ctx.id, busName: ctx.busName, epoch: this.epoch, instance }, this.subjects, this.tune, link);
+    this.presence = new Presence({ id: ctx.id, busName: ctx.busName, epoch: this.epoch, instance }, this.subjects, this.tune, link, hooks);
     this.flow = new FlowControl(ctx.maxQueueBytes, (to, ack) => this.sendAck(to, ack), () => this.reporting && ctx.host.writable());
   }
 
@@ -228,6 +231,7 @@ class NatsTransport implements Transport {
     await this.presence.join();
     this.applyHold();
     this.reporting = true;
+    if (this.reportLater.length > 0) setImmediate(() => this.reportLater.splice(0).forEach((err) => this.report(err)));
     debug('nats %s: %s joined as epoch %d with %d peers via %s', this.ctx.busName, this.ctx.id, this.epoch, this.members.size, nc.getServer());
   }
 
@@ -623,6 +627,9 @@ class NatsTransport implements Transport {
   }
 }
 
-export function createNatsTransport(ctx: TransportContext): Transport {
-  return new NatsTransport(ctx);
+export type { NatsHooks };
+
+/** `hooks`: what a transport built on this one (hybrid) adds to presence. */
+export function createNatsTransport(ctx: TransportContext, hooks: NatsHooks = {}): Transport {
+  return new NatsTransport(ctx, hooks);
 }
