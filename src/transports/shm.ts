@@ -142,14 +142,18 @@ export class ShmTransport implements Transport {
   /** The Buffer that FRAME records point into (set by a BATCH record; may span deliver calls). */
   private batch?: Buffer;
 
-  constructor(ctx: TransportContext) {
+  /** The bus directory's name under the root: the bus name, unless a transport built on this one gives another. */
+  private readonly dirName: string;
+
+  constructor(ctx: TransportContext, dirName = ctx.busName) {
     this.ctx = ctx;
     this.options = checkOptions(ctx.options ?? {});
+    this.dirName = dirName;
   }
 
   /** The bus directory this member uses. */
   get dir(): string {
-    return path.join(this.options.root, this.ctx.busName);
+    return path.join(this.options.root, this.dirName);
   }
 
   async open(): Promise<void> {
@@ -196,7 +200,7 @@ export class ShmTransport implements Transport {
     }
     this.onReady = undefined;
     if (this.closed) throw new ShmbusError('ERR_SHMBUS_CLOSED', 'the transport was closed while opening');
-    setTimeout(() => sweepDeadBuses(loaded.addon, this.options.root, this.ctx.busName), 0).unref();
+    setTimeout(() => sweepDeadBuses(loaded.addon, this.options.root, this.dirName), 0).unref();
   }
 
   async close(): Promise<void> {
