@@ -4,7 +4,7 @@ import { codecs, type Codec } from './codec';
 import { FrameKind, MAX_ACTION_CHARS, makeHead, parseFrame, type ParsedFrame } from './frame';
 import { checkMemberId, compareIds, isMemberId, show } from './ids';
 import type { ResolvedOptions } from './options';
-import type { MemberId, Transport, TransportHost, TransportName } from './transports/transport';
+import type { LinkName, MemberId, Transport, TransportHost, TransportName } from './transports/transport';
 
 const debug = debuglog('shmbus');
 
@@ -37,8 +37,8 @@ export interface WaitForOptions {
 }
 
 export interface PeerStats {
-  /** How this member reaches that one: 'self' for this member itself, else the transport's name. */
-  via: 'self' | TransportName;
+  /** How this member reaches that one: 'self' for this member itself, else the links' transport. */
+  via: 'self' | LinkName;
   queuedBytes: number;
   sentMessages: number;
   sentBytes: number;
@@ -456,7 +456,8 @@ export class Bus {
   stats(): BusStats {
     const peers: Record<string, PeerStats> = {};
     for (const id of [this.id, ...this.peers()]) {
-      peers[String(id)] = { via: id === this.id ? 'self' : this.transport, queuedBytes: this.queuedBytes(id), ...this.counter(id) };
+      const via = id === this.id ? 'self' : (this.transportImpl.via?.(id) ?? (this.transport as LinkName));
+      peers[String(id)] = { via, queuedBytes: this.queuedBytes(id), ...this.counter(id) };
     }
     return { id: this.id, transport: this.transport, codec: this.codec.name, peers };
   }

@@ -9,7 +9,7 @@ export interface OpenOptions {
   name?: string;
   /** This member's id. Default: SHMBUS_ID, PM2's NODE_APP_INSTANCE, cluster.worker.id, 'primary' in a cluster primary, else `<host>-<pid>` (`<host>-<pid>-t<threadId>` in a worker thread). */
   id?: MemberId;
-  /** 'auto' (default) picks 'shm' where the native addon loads, else 'process'. Env SHMBUS_TRANSPORT overrides. */
+  /** 'auto' (default): with a `nats` section 'hybrid' where the native addon loads, else 'nats'; without one 'shm' where the addon loads, else 'process'. Env SHMBUS_TRANSPORT overrides. */
   transport?: 'auto' | TransportName;
   codec?: CodecName;
   /** Default timeout of request(), in ms. Default 30000. */
@@ -18,11 +18,11 @@ export interface OpenOptions {
   maxMessageSize?: number;
   /** Per target: bytes accepted but not yet taken by it. Default 64 MiB. */
   maxQueueBytes?: number;
-  /** Options for transport 'shm'. */
+  /** Options for transport 'shm' (and the local links of 'hybrid'). */
   shm?: ShmOptions;
   /** Options for transport 'process'. */
   process?: ProcessOptions;
-  /** Options for transport 'nats': shmbus's own, and the NATS client's connect() options. */
+  /** Options for transport 'nats' (and 'hybrid'): shmbus's own, and the NATS client's connect() options. */
   nats?: NatsOptions;
 }
 
@@ -67,12 +67,14 @@ export interface ResolvedOptions {
   shm: Record<string, unknown>;
   process: Record<string, unknown>;
   nats: Record<string, unknown>;
+  /** Whether open() was given a `nats` section ('auto' then means a transport that spans hosts). */
+  natsGiven: boolean;
 }
 
 const BUS_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
 export const DEFAULT_MAX_MESSAGE_SIZE = 64 * 2 ** 20;
 export const DEFAULT_MAX_QUEUE_BYTES = 64 * 2 ** 20;
-const TRANSPORTS = ['auto', 'shm', 'process', 'nats'];
+const TRANSPORTS = ['auto', 'shm', 'process', 'nats', 'hybrid'];
 const KNOWN = new Set(['name', 'id', 'transport', 'codec', 'requestTimeout', 'maxMessageSize', 'maxQueueBytes', 'shm', 'process', 'nats']);
 
 function positiveInt(value: unknown, what: string, fallback: number): number {
@@ -159,5 +161,6 @@ export function resolveOptions(options: unknown): ResolvedOptions {
     shm: section(o.shm, 'shm'),
     process: section(o.process, 'process'),
     nats: section(o.nats, 'nats'),
+    natsGiven: o.nats !== undefined,
   };
 }

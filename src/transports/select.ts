@@ -7,11 +7,18 @@ import { createProcessTransport } from './process';
 const debug = debuglog('shmbus');
 let autoWarned = false;
 
-/** Picks and makes the transport that `options.transport` names ('auto': shm where it can run). */
+/**
+ * Picks and makes the transport that `options.transport` names ('auto': with a `nats` section
+ * 'hybrid' where shm can run, else 'nats'; without one 'shm' where it can run, else 'process').
+ */
 export async function createTransport(options: ResolvedOptions, host: TransportHost): Promise<Transport> {
   let name: TransportName;
   let why: string;
-  if (options.transport === 'auto') {
+  if (options.transport === 'auto' && options.natsGiven) {
+    const reason = shmUnavailableReason();
+    name = reason === undefined ? 'hybrid' : 'nats';
+    why = reason === undefined ? "'auto' with a nats section, and the shared-memory addon loads here" : `'auto' with a nats section, and shm can't run here: ${reason}`;
+  } else if (options.transport === 'auto') {
     const reason = shmUnavailableReason();
     name = reason === undefined ? 'shm' : 'process';
     why = reason === undefined ? "'auto', and the shared-memory addon loads here" : `'auto', and shm can't run here: ${reason}`;
@@ -33,7 +40,7 @@ export async function createTransport(options: ResolvedOptions, host: TransportH
     host,
     maxMessageSize: options.maxMessageSize,
     maxQueueBytes: options.maxQueueBytes,
-    options: options[name],
+    options: name === 'hybrid' ? { shm: options.shm, nats: options.nats } : options[name],
   };
   switch (name) {
     case 'shm': {
@@ -45,6 +52,11 @@ export async function createTransport(options: ResolvedOptions, host: TransportH
       return createProcessTransport(ctx);
     case 'nats':
       return require('./nats').createNatsTransport(ctx);
+    case 'hybrid': {
+      const reason = shmUnavailableReason();
+      if (reason !== undefined) throw new ShmbusError('ERR_SHMBUS_TRANSPORT', `the hybrid transport can't run here: its local links need shm, and ${reason}; or choose transport 'nats'`);
+      return require('./hybrid').createHybridTransport(ctx);
+    }
   }
 }
 

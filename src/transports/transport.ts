@@ -9,7 +9,10 @@ import type { MemberId } from '../ids';
 
 export type { MemberId };
 
-export type TransportName = 'shm' | 'process' | 'nats';
+export type TransportName = 'shm' | 'process' | 'nats' | 'hybrid';
+
+/** How a member reaches another: through which transport's links. */
+export type LinkName = 'shm' | 'process' | 'nats';
 
 /** The bus's side of a transport: how a transport reports what happens to it. */
 export interface TransportHost {
@@ -37,7 +40,8 @@ export interface TransportContext {
   readonly host: TransportHost;
   readonly maxMessageSize: number;
   readonly maxQueueBytes: number;
-  /** The transport's own section of the open() options (`shm`, `process`, `nats`), unvalidated. */
+  /** The transport's own section of the open() options (`shm`, `process`, `nats`; for hybrid
+   *  `{ shm, nats }`), unvalidated. */
   readonly options: Record<string, unknown>;
 }
 
@@ -73,6 +77,9 @@ export interface Transport {
 
   /** Bytes accepted for `to` and not yet taken by it (0 for a non-member). */
   queuedBytes(to: MemberId): number;
+
+  /** Optional: how this member reaches member `to` (without it: the transport's own name). */
+  via?(to: MemberId): LinkName;
 
   /**
    * Optional: the bus now has `count` requests to member `to` waiting for an answer. Called when

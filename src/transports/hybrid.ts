@@ -1,0 +1,288 @@
+/**
+ * The hybrid transport: one bus across hosts. Members that share a bus directory link through the
+ * shm transport's rings; every other pair links through the nats transport. Both are used as they
+ * are, through the Transport interface; this file only decides, per pair, which one carries it.
+ *
+ * Every member is in both: in its host's bus directory (<shm root>/<bus>+hybrid, so that members
+ * of the bus on transport 'shm' are never linked to by hybrid members) and on the NATS server,
+ * which gives the bus its membership, its ids across hosts and its remote links.
+ *
+ * Locality is proven, not guessed from host names. A member's NATS presence carries a locality
+ * key: the kernel's boot id and the device and inode of its bus directory, read once its shm
+ * transport has joined (a live member holds a lock in that directory, so the directory it stats
+ * is the one its fellows use while it lives; a live directory's device and inode are unique on one
+ * kernel, and the boot id tells kernels apart). No file is written for it: the last member out of
+ * a directory removes it, which another file would prevent. A member whose key differs is remote:
+ * it is reported at once, via 'nats'. A member with this member's key shares its directory: it is
+ * reported only once the shm handshake with it has completed, via 'shm'; if that does not happen
+ * within LINK_DEADLINE_MS (the shm transport's own handshake limit), an 'error' event says so and
+ * the member stays unreported until its link comes up. The comparison gives the same answer at
+ * both ends of a pair, so both send on the same path. Where the boot id can't be read, the key is
+ * random: every pair is then remote.
+ *
+ * A pair's path is fixed before its first frame (a member is reported only then) and never
+ * changes while both live, so per-pair order is the path's own. A local member must also be on
+ * NATS (its id claimed there, ERR_SHMBUS_DUPLICATE_ID for an id held on another host; the flock in
+ * the directory refuses one held on this host), but once reported it lives and dies by its shm
+ * link alone: a lost NATS server leaves the local links working, and remote members come back as
+ * they are heard again. Frames that arrive from a member before its path is fixed wait for it.
+ *
+ * A broadcast goes through the rings to the local members and once through NATS (one publish on
+ * the bus's broadcast subject when it is for every remote member) for the others. Local members
+ * get that NATS copy too and drop it: a frame through NATS from a member of this host's directory
+ * is never delivered, so each member gets exactly one copy.
+ *
+ * Options: the `shm` section tunes the local links, the `nats` section the NATS side, as for
+ * those transports.
+ */
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import { debuglog } from 'node:util';
+import { ShmbusError } from '../errors';
+import { show } from '../ids';
+import { createNatsTransport } from './nats';
+import { ShmTransport } from './shm';
+import type { LinkName, MemberId, Transport, TransportContext, TransportHost } from './transport';
+
+const debug = debuglog('shmbus');
+
+/** How long a member with this member's locality key may take to complete its shm handshake. */
+const LINK_DEADLINE_MS = 5000;
+/** Frames kept per member whose path is not fixed yet; more are dropped (and said so). */
+const EARLY_FRAMES = 4096;
+
+type Path = 'shm' | 'nats';
+
+interface Member {
+  /** The path it is reported on; undefined while not reported. */
+  via?: Path;
+  /** Its locality key, from its NATS presence. */
+  key?: string;
+  /** The nats transport counts it as a member. */
+  onNats: boolean;
+  /** Its shm link is up. */
+  shmUp: boolean;
+  /** It was reported via shm and its link went down: its NATS presence is of that old life. */
+  gone: boolean;
+  early?: Array<[Path, Buffer]>;
+  timer?: NodeJS.Timeout;
+}
+
+/** This kernel's boot id and the bus directory's device and inode; random where unreadable. */
+function localityKey(dir: string): string {
+  let boot: string;
+  try {
+    boot = fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+  } catch (err) {
+    debug('hybrid: no boot id (%s): every member counts as remote', (err as Error).message);
+    return `r${randomBytes(16).toString('hex')}`;
+  }
+  const st = fs.statSync(dir, { bigint: true });
+  return `${boot}/${st.dev}/${st.ino}`;
+}
+
+class HybridTransport implements Transport {
+  readonly name = 'hybrid' as const;
+  private readonly ctx: TransportContext;
+  private readonly shm: ShmTransport;
+  private readonly nats: Transport;
+  /** This member's presence fields: the locality key, set once the bus directory is joined. */
+  private readonly presence: { k?: string } = {};
+  private key = '';
+  private readonly members = new Map<MemberId, Member>();
+  private closed = false;
+
+  constructor(ctx: TransportContext) {
+    this.ctx = ctx;
+    const sections = (ctx.options ?? {}) as { shm?: Record<string, unknown>; nats?: Record<string, unknown> };
+    this.shm = new ShmTransport({ ...ctx, options: sections.shm ?? {}, host: this.hostFor('shm') }, `${ctx.busName}+hybrid`);
+    this.nats = createNatsTransport(
+      { ...ctx, options: sections.nats ?? {}, host: this.hostFor('nats') },
+      { flavor: 'hybrid', presence: this.presence, heard: (id, fields) => this.heard(id, fields) },
+    );
+  }
+
+  async open(): Promise<void> {
+    // The directory first: its key goes into the NATS presence, and a local member is reported
+    // only once both its link and its presence are there.
+    await this.shm.open();
+    this.key = localityKey(this.shm.dir);
+    this.presence.k = this.key;
+    debug('hybrid %s: locality key %s', this.ctx.busName, this.key);
+    await this.nats.open();
+    for (const id of this.nats.peers()) this.member(id).onNats = true;
+    for (const id of [...this.members.keys()]) this.settle(id);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const m of this.members.values()) clearTimeout(m.timer);
+    this.members.clear();
+    await Promise.all([this.shm.close(), this.nats.close()]);
+  }
+
+  peers(): MemberId[] {
+    const out: MemberId[] = [];
+    for (const [id, m] of this.members) if (m.via !== undefined) out.push(id);
+    return out;
+  }
+
+  via(to: MemberId): LinkName {
+    return this.members.get(to)?.via ?? 'nats';
+  }
+
+  send(targets: readonly MemberId[], head: Uint8Array, body: Uint8Array): void {
+    const local: MemberId[] = [];
+    const remote: MemberId[] = [];
+    for (const id of targets) (this.members.get(id)?.via === 'shm' ? local : remote).push(id);
+    // NATS first: it is the one that may refuse (a closed connection), and then nobody got it.
+    if (remote.length > 0) this.nats.send(this.natsTargets(remote), head, body);
+    if (local.length > 0) this.shm.send(local, head, body);
+  }
+
+  /**
+   * To every remote member (two or more), a frame goes as the nats transport's broadcast: one
+   * publish, addressed to every member it knows (local members drop their copy). Only when every
+   * member it knows has a known path, or key: one not placed yet might take the copy as its own.
+   */
+  private natsTargets(remote: MemberId[]): readonly MemberId[] {
+    if (remote.length < 2) return remote;
+    let remoteMembers = 0;
+    for (const m of this.members.values()) if (m.via === 'nats') remoteMembers++;
+    if (remote.length !== remoteMembers) return remote;
+    const all = this.nats.peers();
+    return all.every((id) => this.members.get(id)?.via !== undefined || this.members.get(id)?.key !== undefined) ? all : remote;
+  }
+
+  queuedBytes(to: MemberId): number {
+    const via = this.members.get(to)?.via;
+    return via === 'shm' ? this.shm.queuedBytes(to) : via === 'nats' ? this.nats.queuedBytes(to) : 0;
+  }
+
+  pendingRequests(to: MemberId, count: number): void {
+    if (this.members.get(to)?.via === 'nats' || count === 0) this.nats.pendingRequests?.(to, count);
+  }
+
+  ref(): void {
+    this.shm.ref();
+    this.nats.ref();
+  }
+
+  unref(): void {
+    this.shm.unref();
+    this.nats.unref();
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // What the two transports report
+
+  private hostFor(path: Path): TransportHost {
+    const host = this.ctx.host;
+    return {
+      frame: (from, frame) => this.frame(path, from, frame),
+      join: (id) => {
+        const m = this.member(id);
+        if (path === 'shm') m.shmUp = true;
+        else m.onNats = true;
+        this.settle(id);
+      },
+      leave: (id) => this.leave(path, id),
+      error: (err) => host.error(err),
+      writable: () => host.writable(),
+    };
+  }
+
+  private member(id: MemberId): Member {
+    let m = this.members.get(id);
+    if (!m) {
+      m = { onNats: false, shmUp: false, gone: false };
+      this.members.set(id, m);
+    }
+    return m;
+  }
+
+  private heard(id: MemberId, fields: Record<string, unknown>): void {
+    if (this.closed) return;
+    const key = typeof fields.k === 'string' ? fields.k : undefined;
+    const m = this.member(id);
+    if (m.key !== undefined && m.key !== key && m.via !== undefined) {
+      debug('hybrid %s: %s now says locality key %s (was %s); its path stays %s', this.ctx.busName, id, key, m.key, m.via);
+    }
+    m.key = key;
+    this.settle(id);
+  }
+
+  /** Fixes `id`'s path if what is known of it allows, and reports it. */
+  private settle(id: MemberId): void {
+    const m = this.members.get(id);
+    if (!m || this.closed || m.via !== undefined) return;
+    if (!m.onNats && !m.shmUp) return this.forget(id, m);
+    if (m.gone || !m.onNats || m.key === undefined) return;
+    if (m.key !== this.key) return this.report(id, m, 'nats');
+    if (m.shmUp) return this.report(id, m, 'shm');
+    m.timer ??= setTimeout(() => {
+      m.timer = undefined;
+      if (this.closed || m.via !== undefined || m.shmUp || this.members.get(id) !== m) return;
+      const err = new ShmbusError('ERR_SHMBUS_TRANSPORT', `member ${show(id)} of bus ${show(this.ctx.busName)} says it uses this member's bus directory ${this.shm.dir}, but no shm link to it came up within ${LINK_DEADLINE_MS} ms; it is not counted as a member until one does`);
+      debug('hybrid %s: %s', this.ctx.busName, err.message);
+      this.ctx.host.error(err);
+    }, LINK_DEADLINE_MS);
+    m.timer.unref();
+  }
+
+  private report(id: MemberId, m: Member, via: Path): void {
+    clearTimeout(m.timer);
+    m.timer = undefined;
+    m.via = via;
+    debug('hybrid %s: %s joined via %s', this.ctx.busName, id, via);
+    this.ctx.host.join(id);
+    const early = m.early;
+    m.early = undefined;
+    for (const [path, frame] of early ?? []) {
+      if (path === via && m.via === via) this.ctx.host.frame(id, frame);
+    }
+  }
+
+  private frame(path: Path, from: MemberId, frame: Buffer): void {
+    const m = this.members.get(from);
+    if (!m || this.closed) return;
+    if (m.via === path) return this.ctx.host.frame(from, frame);
+    // The NATS copy of a broadcast from a member of this directory: it came through the rings.
+    if (m.via !== undefined || (path === 'nats' && m.key === this.key)) return;
+    m.early ??= [];
+    if (m.early.length < EARLY_FRAMES) m.early.push([path, frame]);
+    else if (m.early.length === EARLY_FRAMES) debug('hybrid %s: frames from %s dropped: its path is not fixed yet', this.ctx.busName, from);
+  }
+
+  private leave(path: Path, id: MemberId): void {
+    const m = this.members.get(id);
+    if (!m || this.closed) return;
+    if (path === 'shm') {
+      m.shmUp = false;
+      m.early = m.early?.filter(([p]) => p !== 'shm');
+    } else {
+      m.onNats = false;
+      m.key = undefined;
+      m.gone = false;
+      m.early = m.early?.filter(([p]) => p !== 'nats');
+    }
+    if (m.via === path) {
+      m.via = undefined;
+      // Its NATS presence may outlive it (kill -9) until the nats transport hears of its end.
+      m.gone = path === 'shm' && m.onNats;
+      debug('hybrid %s: %s left (its %s link)', this.ctx.busName, id, path);
+      this.ctx.host.leave(id);
+    }
+    this.settle(id);
+  }
+
+  private forget(id: MemberId, m: Member): void {
+    clearTimeout(m.timer);
+    this.members.delete(id);
+  }
+}
+
+export function createHybridTransport(ctx: TransportContext): Transport {
+  return new HybridTransport(ctx);
+}
