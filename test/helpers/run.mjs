@@ -44,16 +44,24 @@ export async function resultOf(file, options) {
   return r.result;
 }
 
+/** Why a suite left out the transports that need a NATS server. */
+export const NO_NATS = 'no NATS server on 127.0.0.1:4222: start one (`nats-server -a 127.0.0.1`) to run the suite on nats and hybrid';
+
 /**
  * The transports under test: env SHMBUS_TEST_TRANSPORTS (comma-separated), else 'process', plus
  * 'shm' when a bus opens with it here, plus 'nats' when a NATS server answers on 127.0.0.1:4222
- * (always under CI, where a missing server then fails the suite).
+ * (always under CI, where a missing server then fails the suite), and with `hybrid` also 'hybrid'
+ * there where shm runs.
  */
-export async function transportsUnderTest() {
+export async function transportsUnderTest({ hybrid = false } = {}) {
   const listed = process.env.SHMBUS_TEST_TRANSPORTS;
   if (listed) return listed.split(',').map((t) => t.trim()).filter(Boolean);
   const list = ['process'];
-  if (await shmRuns()) list.push('shm');
-  if (process.env.CI === 'true' || (await natsServerAnswers())) list.push('nats');
+  const shm = await shmRuns();
+  if (shm) list.push('shm');
+  if (process.env.CI === 'true' || (await natsServerAnswers())) {
+    list.push('nats');
+    if (hybrid && shm) list.push('hybrid');
+  }
   return list;
 }
