@@ -4,12 +4,9 @@
 // port (nats-server on PATH or /usr/sbin/nats-server) and never touches the shared one.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { open, ShmbusError } from 'shmbus';
-import { program, tcpAnswers } from './helpers/spawn.mjs';
+import { freePort, natsServerPath, program, startNatsServer as startServer, tcpAnswers } from './helpers/spawn.mjs';
 
 const NATS_URL = 'nats://127.0.0.1:4222';
 const MEMBER = fileURLToPath(new URL('./fixtures/nats-member.mjs', import.meta.url));
@@ -34,12 +31,6 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 // ---------------------------------------------------------------------------------------------
 // Member programs
-
-/** nats-servers this file started (members are killed by the spawn helper). */
-const live = new Set();
-process.on('exit', () => {
-  for (const child of live) kill(child);
-});
 
 /** Kills a program's or a server's whole process group. */
 function kill(child, signal = 'SIGKILL') {
@@ -380,38 +371,6 @@ test('an open bus keeps the process alive until unref(); after close() the proce
 
 // ---------------------------------------------------------------------------------------------
 // A server of the test's own
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-    server.on('error', reject);
-  });
-}
-
-function natsServerPath() {
-  for (const p of ['/usr/sbin/nats-server', '/usr/bin/nats-server', '/usr/local/bin/nats-server']) if (existsSync(p)) return p;
-  try {
-    return execFileSync('sh', ['-c', 'command -v nats-server'], { encoding: 'utf8' }).trim() || undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-async function startServer(port) {
-  const server = spawn(natsServerPath(), ['-a', '127.0.0.1', '-p', String(port)], { stdio: 'ignore', detached: true });
-  live.add(server);
-  server.once('exit', () => live.delete(server));
-  for (let i = 0; i < 100; i++) {
-    if (await canConnect(port)) return server;
-    await sleep(50);
-  }
-  kill(server);
-  throw new Error(`nats-server did not start on port ${port}`);
-}
 
 async function stopServer(server) {
   const exited = new Promise((resolve) => server.once('exit', resolve));

@@ -3,7 +3,8 @@
 // stdout is read as JSON lines; whatever is still running when the test process exits is killed.
 // Also the probes the suites share: whether shm runs here and whether a NATS server answers.
 import net from 'node:net';
-import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
 const live = new Set();
@@ -113,6 +114,60 @@ export function tcpAnswers(port, host = '127.0.0.1', timeout = 2000) {
     socket.once('connect', () => done(true));
     socket.once('error', () => done(false));
   });
+}
+
+/** A TCP port on 127.0.0.1 that nothing listens on now. */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+    server.on('error', reject);
+  });
+}
+
+/** The nats-server program (PATH or the usual places), or undefined. */
+export function natsServerPath() {
+  for (const p of ['/usr/sbin/nats-server', '/usr/bin/nats-server', '/usr/local/bin/nats-server']) if (existsSync(p)) return p;
+  try {
+    return execFileSync('sh', ['-c', 'command -v nats-server'], { encoding: 'utf8' }).trim() || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** nats-servers started here, killed when the test process exits. */
+const servers = new Set();
+process.on('exit', () => {
+  for (const s of servers) {
+    try {
+      process.kill(-s.pid, 'SIGKILL');
+    } catch {
+      // gone already
+    }
+  }
+});
+
+/**
+ * Starts a NATS server of the suite's own on 127.0.0.1:`port` (never the shared one on 4222), in
+ * a process group of its own; resolves the child once the port answers.
+ */
+export async function startNatsServer(port) {
+  const server = spawn(natsServerPath(), ['-a', '127.0.0.1', '-p', String(port)], { stdio: 'ignore', detached: true });
+  servers.add(server);
+  server.once('exit', () => servers.delete(server));
+  for (let i = 0; i < 100; i++) {
+    if (await tcpAnswers(port, '127.0.0.1', 1000)) return server;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  try {
+    process.kill(-server.pid, 'SIGKILL');
+  } catch {
+    // gone already
+  }
+  throw new Error(`nats-server did not start on port ${port}`);
 }
 
 /** Whether a NATS server answers on 127.0.0.1:4222 (the suites' shared one). */
