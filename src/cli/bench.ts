@@ -18,7 +18,7 @@ import { renderSvg } from './svg';
 
 export type { Machine, Result };
 
-export const TRANSPORTS: readonly BenchTransport[] = ['shm', 'process', 'nats', 'ipc', 'uds', 'natsraw', 'floor'];
+export const TRANSPORTS: readonly BenchTransport[] = ['shm', 'process', 'nats', 'hybrid', 'ipc', 'uds', 'natsraw', 'floor'];
 export const CODECS: readonly BenchCodec[] = ['raw', 'v8', 'json'];
 /** What users have today, that the shmbus transports are measured against. */
 const REFERENCES = new Set<BenchTransport>(['ipc', 'uds', 'natsraw']);
@@ -52,9 +52,10 @@ Measures, between two Node.js processes on this machine, for each transport, cod
 round-trip latency (ping-pong: p50, p99, p99.9, max), one-way throughput with backpressure
 respected and every message checked (messages/s, MB/s), and the CPU time both processes used.
 
-  --transports LIST  shm, process, nats, ipc, uds, natsraw (default shm,process,ipc,uds, and nats
-                       when a NATS server answers on 127.0.0.1:4222)
-                       shm, process, nats: shmbus transports (public API, sendMessage)
+  --transports LIST  shm, process, nats, hybrid, ipc, uds, natsraw, floor (default
+                       shm,process,ipc,uds, and nats when a NATS server answers on 127.0.0.1:4222)
+                       shm, process, nats, hybrid: shmbus transports (public API, sendMessage);
+                       hybrid here: two members of one host, so through its shm links
                        ipc: child.send()/process.send() on Node's default JSON channel (codec json)
                        uds: a node:net Unix socket, 4-byte length-prefixed frames (codec raw)
                        natsraw: the NATS client itself on 127.0.0.1:4222 (codec raw): round

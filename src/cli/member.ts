@@ -23,7 +23,7 @@ import * as path from 'node:path';
 import * as fs from 'node:fs';
 import { BusLink, IpcLink, NatsRawLink, UdsLink, SENT, NOT_SENT, type Ctl, type Data, type Link, type RawNats } from './link';
 
-export type BenchTransport = 'shm' | 'process' | 'nats' | 'ipc' | 'uds' | 'natsraw' | 'floor';
+export type BenchTransport = 'shm' | 'process' | 'nats' | 'hybrid' | 'ipc' | 'uds' | 'natsraw' | 'floor';
 export type BenchCodec = 'raw' | 'v8' | 'json';
 
 export interface MemberConfig {
@@ -74,8 +74,8 @@ class BenchFailure extends Error {}
 
 async function openBus(cfg: MemberConfig, id: number): Promise<import('../bus').Bus> {
   const { open } = require('../index') as typeof import('../index');
-  const options: import('../options').OpenOptions = { name: cfg.bus, transport: cfg.transport as 'shm' | 'process' | 'nats', codec: cfg.codec, id };
-  if (cfg.transport === 'shm' && cfg.spinUs !== undefined) options.shm = { spinUs: cfg.spinUs };
+  const options: import('../options').OpenOptions = { name: cfg.bus, transport: cfg.transport as 'shm' | 'process' | 'nats' | 'hybrid', codec: cfg.codec, id };
+  if ((cfg.transport === 'shm' || cfg.transport === 'hybrid') && cfg.spinUs !== undefined) options.shm = { spinUs: cfg.spinUs };
   return open(options);
 }
 
@@ -108,7 +108,8 @@ function watchPeer(child: ChildProcess, state: { done: boolean }): void {
 async function driverLink(cfg: MemberConfig, state: { done: boolean }): Promise<{ link: Link; child: ChildProcess }> {
   switch (cfg.transport) {
     case 'shm':
-    case 'nats': {
+    case 'nats':
+    case 'hybrid': {
       let bus;
       try {
         bus = await openBus(cfg, 0);
@@ -172,6 +173,7 @@ async function peerLink(cfg: MemberConfig): Promise<Link> {
   switch (cfg.transport) {
     case 'shm':
     case 'nats':
+    case 'hybrid':
     case 'process': {
       const bus = await openBus(cfg, 1);
       await bus.waitFor(0, { timeout: 20_000 });
