@@ -13,7 +13,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { open } from 'shmbus';
-import { freePort, natsServerPath, program, shmRuns, startNatsServer } from './helpers/spawn.mjs';
+import { freePort, natsServerPath, program, rejection, shmRuns, startNatsServer } from './helpers/spawn.mjs';
 
 const MEMBER = fileURLToPath(new URL('./fixtures/hybrid-member.mjs', import.meta.url));
 /** Presence as the members use it here: heartbeats every 250 ms, a member not heard from for 2 s is gone. */
@@ -53,15 +53,6 @@ async function openHere(ctx, id, host, extra = {}) {
   bus.errors = [];
   bus.on('error', (err) => bus.errors.push(err));
   return bus;
-}
-
-async function rejection(promise) {
-  try {
-    await promise;
-  } catch (err) {
-    return err;
-  }
-  assert.fail('expected a rejection');
 }
 
 /** What every member says of how it reaches the others. */

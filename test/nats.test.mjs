@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { fileURLToPath } from 'node:url';
 import { open, ShmbusError } from 'shmbus';
-import { freePort, natsServerPath, program, startNatsServer as startServer, tcpAnswers } from './helpers/spawn.mjs';
+import { freePort, natsServerPath, program, rejection, startNatsServer as startServer, tcpAnswers } from './helpers/spawn.mjs';
 
 const NATS_URL = 'nats://127.0.0.1:4222';
 const MEMBER = fileURLToPath(new URL('./fixtures/nats-member.mjs', import.meta.url));
@@ -58,15 +58,6 @@ async function openHere(name, id, extra = {}) {
   const bus = await open({ name, id, transport: 'nats', ...extra, nats: { servers: NATS_URL, ...extra.nats } });
   bus.on('error', () => {}); // the tests look at what they expect; errors are not failures here
   return bus;
-}
-
-async function rejection(promise) {
-  try {
-    await promise;
-  } catch (err) {
-    return err;
-  }
-  assert.fail('expected a rejection');
 }
 
 // ---------------------------------------------------------------------------------------------

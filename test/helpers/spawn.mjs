@@ -1,7 +1,8 @@
 // Programs that the suites start as a user would (a plain `node program.mjs`, no IPC channel),
 // each in a process group of its own so that one kill reaches every process it forked. Their
 // stdout is read as JSON lines; whatever is still running when the test process exits is killed.
-// Also the probes the suites share: whether shm runs here and whether a NATS server answers.
+// Also the probes the suites share: whether shm runs here and whether a NATS server answers; a NATS
+// server of a suite's own on another port; the error a promise rejects with.
 import net from 'node:net';
 import { existsSync } from 'node:fs';
 import { execFileSync, spawn } from 'node:child_process';
@@ -114,6 +115,16 @@ export function tcpAnswers(port, host = '127.0.0.1', timeout = 2000) {
     socket.once('connect', () => done(true));
     socket.once('error', () => done(false));
   });
+}
+
+/** The error `promise` rejects with; throws if it resolves. */
+export async function rejection(promise) {
+  try {
+    await promise;
+  } catch (err) {
+    return err;
+  }
+  throw new Error('expected a rejection');
 }
 
 /** A TCP port on 127.0.0.1 that nothing listens on now. */
