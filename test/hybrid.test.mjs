@@ -222,6 +222,43 @@ describe('hybrid: two hosts, each its own bus directory', { skip, timeout: 240_0
     }
   });
 
+  test("a member whose presence says it shares this host's bus directory but that never links through it: an 'error' event, never a member", async () => {
+    // Another NATS client speaks for a 'ghost' with the tester's own locality key (read from the
+    // tester's presence): a member of host A by its key, with no shm link to anyone.
+    const { connect } = await import('@nats-io/transport-node');
+    const nc = await connect({ servers: ctx.url });
+    const sub = nc.subscribe('shmbus.*.p');
+    let subject;
+    let key;
+    for await (const m of sub) {
+      const c = JSON.parse(new TextDecoder().decode(m.data));
+      if (c.id === 'tester' && typeof c.k === 'string') {
+        ({ subject } = m);
+        key = c.k;
+        break;
+      }
+    }
+    const hb = () => nc.publish(subject, new TextEncoder().encode(JSON.stringify({ t: 'hb', id: 'ghost', e: 7, i: 'ghost', h: 250, x: 'hybrid', k: key })));
+    hb();
+    const beat = setInterval(hb, 250);
+    try {
+      const deadline = Date.now() + 15_000;
+      while (!ctx.me.errors.some((e) => /"ghost"/.test(e.message)) && Date.now() < deadline) await sleep(100);
+      const err = ctx.me.errors.find((e) => /"ghost"/.test(e.message));
+      assert.equal(err?.code, 'ERR_SHMBUS_TRANSPORT');
+      assert.match(err.message, /^member "ghost" of bus "\S+" says it uses this member's bus directory \S+, but no shm link to it came up within 5000 ms; it is not counted as a member until one does$/);
+      assert.ok(!ctx.me.peers().includes('ghost'), 'not a member here');
+      assert.ok(!(await ctx.me.request('info', null, { to: 'a1' })).peers.includes('ghost'), 'nor at a1, on the same host');
+    } finally {
+      clearInterval(beat);
+      await nc.close();
+    }
+    // Members on host B took it for a remote member (its key is not theirs): wait until it expires there.
+    const deadline = Date.now() + 10_000;
+    while ((await ctx.me.request('info', null, { to: 'b1' })).peers.includes('ghost') && Date.now() < deadline) await sleep(200);
+    assert.ok(!(await ctx.me.request('info', null, { to: 'b1' })).peers.includes('ghost'));
+  });
+
   test('kill -9 with a request pending: PEER_GONE within 1 s on the same host, within the presence expiry + 1 s across', async (t) => {
     const near = ctx.me.request('hang', null, { to: 'a3', timeout: 30_000 });
     const far = ctx.me.request('hang', null, { to: 'b3', timeout: 30_000 });
