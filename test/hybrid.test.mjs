@@ -190,6 +190,18 @@ describe('hybrid: two hosts, each its own bus directory', { skip, timeout: 240_0
     child.kill();
   });
 
+  test("transport 'auto' with a nats section is hybrid (the addon loads here)", async () => {
+    const bus = await open({ name: ctx.bus, id: 'auto1', nats: { servers: ctx.url, ...NATS_OPTIONS }, shm: { dir: hostDir('A') } });
+    try {
+      assert.equal(bus.transport, 'hybrid');
+      await bus.waitFor(['a1', 'b1'], { timeout: 10_000 });
+      assert.equal(bus.stats().peers.a1.via, 'shm');
+      assert.equal(bus.stats().peers.b1.via, 'nats');
+    } finally {
+      await bus.close();
+    }
+  });
+
   test('a late joiner on each host: its via, and it gets broadcasts once', async () => {
     const joins = [];
     ctx.me.on('peer:join', (id) => joins.push(id));
