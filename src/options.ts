@@ -1,4 +1,3 @@
-import { randomBytes } from 'node:crypto';
 import { invalidArg } from './errors';
 import { codecProblem, codecs, type CodecName } from './codec';
 import { checkMemberId, clusterRole, hostToken, isMemberId, parseMemberId, show, type MemberId } from './ids';
@@ -8,7 +7,7 @@ import type { NodeConnectionOptions } from '@nats-io/transport-node';
 export interface OpenOptions {
   /** Bus name; members with the same name form one bus. Default 'default'. */
   name?: string;
-  /** This member's id. Default: SHMBUS_ID, PM2's NODE_APP_INSTANCE, cluster.worker.id, 'primary' in a cluster primary, else `<host>-<pid>` (`<host>-<pid>-t<threadId>` in a worker thread; on nats and hybrid `<host>-<random>-<pid>`). */
+  /** This member's id. Default: SHMBUS_ID, PM2's NODE_APP_INSTANCE, cluster.worker.id, 'primary' in a cluster primary, else `<host>-<pid>` (`<host>-<pid>-t<threadId>` in a worker thread). */
   id?: MemberId;
   /** 'auto' (default): with a `nats` section 'hybrid' where the native addon loads, else 'nats'; without one 'shm' where the addon loads, else 'process'. Env SHMBUS_TRANSPORT overrides. */
   transport?: 'auto' | TransportName;
@@ -94,8 +93,7 @@ function section(value: unknown, what: string): Record<string, unknown> {
   return value as Record<string, unknown>;
 }
 
-/** The default id: `spansHosts` (nats, hybrid) adds a short random part, as containers on several hosts share pids. */
-function defaultId(spansHosts: boolean): MemberId {
+function defaultId(): MemberId {
   const env = process.env;
   if (env.SHMBUS_ID !== undefined && env.SHMBUS_ID !== '') {
     const id = parseMemberId(env.SHMBUS_ID);
@@ -111,8 +109,7 @@ function defaultId(spansHosts: boolean): MemberId {
   const role = thread === undefined ? clusterRole() : { primary: false };
   if (role.worker) return role.worker.id;
   if (role.primary) return 'primary';
-  const random = spansHosts ? `${randomBytes(3).toString('hex')}-` : '';
-  return `${hostToken()}-${random}${process.pid}${thread === undefined ? '' : `-t${thread}`}`;
+  return `${hostToken()}-${process.pid}${thread === undefined ? '' : `-t${thread}`}`;
 }
 
 /** This worker thread's threadId, or undefined on the main thread. */
@@ -131,6 +128,7 @@ export function resolveOptions(options: unknown): ResolvedOptions {
     throw invalidArg(`name must match ${BUS_NAME} (letters, digits, '_', '.', '-'), got ${show(name)}`);
   }
   if (name === '.' || name === '..') throw invalidArg(`name can't be ${show(name)}`);
+  const id = o.id === undefined ? defaultId() : checkMemberId(o.id);
 
   // A bad option is refused even where SHMBUS_TRANSPORT overrides it.
   let transport = o.transport ?? 'auto';
@@ -144,8 +142,6 @@ export function resolveOptions(options: unknown): ResolvedOptions {
     }
     transport = envTransport as ResolvedOptions['transport'];
   }
-  const spansHosts = transport === 'nats' || transport === 'hybrid' || (transport === 'auto' && o.nats !== undefined);
-  const id = o.id === undefined ? defaultId(spansHosts) : checkMemberId(o.id);
 
   const codec = o.codec ?? 'v8';
   if (typeof codec !== 'string' || !Object.hasOwn(codecs, codec)) {
