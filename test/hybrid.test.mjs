@@ -13,7 +13,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { open } from 'shmbus';
-import { freePort, natsServerPath, program, rejection, shmRuns, startNatsServer } from './helpers/spawn.mjs';
+import { freePort, natsServerPath, program, rejection, shmRuns, startNatsServer, stopNatsServer } from './helpers/spawn.mjs';
 
 const MEMBER = fileURLToPath(new URL('./fixtures/hybrid-member.mjs', import.meta.url));
 /** Presence as the members use it here: heartbeats every 250 ms, a member not heard from for 2 s is gone. */
@@ -85,7 +85,7 @@ describe('hybrid: two hosts, each its own bus directory', { skip, timeout: 240_0
   after(async () => {
     for (const child of Object.values(ctx.children ?? {})) child.kill();
     await ctx.me?.close();
-    if (ctx.server) process.kill(-ctx.server.pid, 'SIGKILL');
+    if (ctx.server) await stopNatsServer(ctx.server);
   });
 
   test("via: 'shm' between members of one host, 'nats' across; every member sees every other", async () => {
@@ -296,9 +296,7 @@ describe('hybrid: two hosts, each its own bus directory', { skip, timeout: 240_0
   });
 
   test('the NATS server stops: co-located members go on; it starts again: the remote side rejoins', { timeout: 60_000 }, async () => {
-    const exited = new Promise((resolve) => ctx.server.once('exit', resolve));
-    process.kill(-ctx.server.pid, 'SIGKILL');
-    await exited;
+    await stopNatsServer(ctx.server);
     // Past the presence expiry: the remote members are gone, the local ones stay.
     await sleep(PRESENCE_EXPIRY + 1000);
     assert.deepEqual(ctx.me.peers(), ['a1', 'a2'], 'only the members of this host are left');
@@ -392,6 +390,6 @@ test('hosts in mount and UTS namespaces of their own (own tmpfs /tmp, own host n
     }
   } finally {
     for (const h of hosts) h.kill();
-    process.kill(-server.pid, 'SIGKILL');
+    await stopNatsServer(server);
   }
 });

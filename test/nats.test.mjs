@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { fileURLToPath } from 'node:url';
 import { open, ShmbusError } from 'shmbus';
-import { freePort, natsServerPath, program, rejection, startNatsServer as startServer, tcpAnswers } from './helpers/spawn.mjs';
+import { freePort, natsServerPath, program, rejection, startNatsServer as startServer, stopNatsServer as stopServer, tcpAnswers } from './helpers/spawn.mjs';
 
 const NATS_URL = 'nats://127.0.0.1:4222';
 const MEMBER = fileURLToPath(new URL('./fixtures/nats-member.mjs', import.meta.url));
@@ -362,12 +362,6 @@ test('an open bus keeps the process alive until unref(); after close() the proce
 
 // ---------------------------------------------------------------------------------------------
 // A server of the test's own
-
-async function stopServer(server) {
-  const exited = new Promise((resolve) => server.once('exit', resolve));
-  kill(server);
-  await exited;
-}
 
 /**
  * Opens 'tester' here and starts member 'alpha' as a program, both on the server at `url`, into

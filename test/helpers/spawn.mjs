@@ -152,14 +152,16 @@ export function natsServerPath() {
 /** nats-servers started here, killed when the test process exits. */
 const servers = new Set();
 process.on('exit', () => {
-  for (const s of servers) {
-    try {
-      process.kill(-s.pid, 'SIGKILL');
-    } catch {
-      // gone already
-    }
-  }
+  for (const s of servers) killGroup(s);
 });
+
+function killGroup(child) {
+  try {
+    process.kill(-child.pid, 'SIGKILL');
+  } catch {
+    // gone already
+  }
+}
 
 /**
  * Starts a NATS server of the suite's own on 127.0.0.1:`port` (never the shared one on 4222), in
@@ -173,12 +175,16 @@ export async function startNatsServer(port) {
     if (await tcpAnswers(port, '127.0.0.1', 1000)) return server;
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
-  try {
-    process.kill(-server.pid, 'SIGKILL');
-  } catch {
-    // gone already
-  }
+  killGroup(server);
   throw new Error(`nats-server did not start on port ${port}`);
+}
+
+/** Kills a server startNatsServer() started; resolves once it has exited. */
+export async function stopNatsServer(server) {
+  if (server.exitCode !== null || server.signalCode !== null) return;
+  const exited = new Promise((resolve) => server.once('exit', resolve));
+  killGroup(server);
+  await exited;
 }
 
 /** Whether a NATS server answers on 127.0.0.1:4222 (the suites' shared one). */
