@@ -55,5 +55,25 @@ export async function failure(promise) {
   }
 }
 
+/**
+ * Sends 'seq' messages 0 to `n` - 1 to `to` as a user should under backpressure: on
+ * ERR_SHMBUS_BACKPRESSURE, await drain() and send the same message again. Resolves how many times
+ * it was refused.
+ */
+export async function sendSeq(bus, to, n) {
+  let backpressured = 0;
+  for (let i = 0; i < n; ) {
+    try {
+      bus.sendMessage('seq', i, to);
+      i++;
+    } catch (err) {
+      if (err.code !== 'ERR_SHMBUS_BACKPRESSURE') throw err;
+      backpressured++;
+      await bus.drain();
+    }
+  }
+  return backpressured;
+}
+
 /** Resolves after `ms`. */
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
