@@ -178,16 +178,19 @@ describe('hybrid: two hosts, each its own bus directory', { skip, timeout: 240_0
 
   test('a member on transport nats is refused by name on both sides', async () => {
     const child = await member(ctx, 'plain', 'A', { TRANSPORT: 'nats' });
-    const theirs = await child.line((l) => l.note === 'error' && l.code === 'ERR_SHMBUS_TRANSPORT', 10_000);
-    assert.match(theirs.message, /^member "\S+" of bus "\S+" uses the "hybrid" transport, this one "nats": members of one bus use one transport/);
-    const deadline = Date.now() + 5000;
-    while (!ctx.me.errors.some((e) => /"plain"/.test(e.message)) && Date.now() < deadline) await sleep(50);
-    const mine = ctx.me.errors.find((e) => /"plain"/.test(e.message));
-    assert.equal(mine?.code, 'ERR_SHMBUS_TRANSPORT');
-    assert.match(mine.message, /^member "plain" of bus "\S+" uses the "nats" transport, this one "hybrid"/);
-    assert.ok(!ctx.me.peers().includes('plain'));
-    assert.deepEqual((await ctx.me.request('info', null, { to: 'b1' })).peers.includes('plain'), false);
-    child.kill();
+    try {
+      const theirs = await child.line((l) => l.note === 'error' && l.code === 'ERR_SHMBUS_TRANSPORT', 10_000);
+      assert.match(theirs.message, /^member "\S+" of bus "\S+" uses the "hybrid" transport, this one "nats": members of one bus use one transport/);
+      const deadline = Date.now() + 5000;
+      while (!ctx.me.errors.some((e) => /"plain"/.test(e.message)) && Date.now() < deadline) await sleep(50);
+      const mine = ctx.me.errors.find((e) => /"plain"/.test(e.message));
+      assert.equal(mine?.code, 'ERR_SHMBUS_TRANSPORT');
+      assert.match(mine.message, /^member "plain" of bus "\S+" uses the "nats" transport, this one "hybrid"/);
+      assert.ok(!ctx.me.peers().includes('plain'));
+      assert.deepEqual((await ctx.me.request('info', null, { to: 'b1' })).peers.includes('plain'), false);
+    } finally {
+      child.kill();
+    }
   });
 
   test("transport 'auto' with a nats section is hybrid (the addon loads here)", async () => {
