@@ -1,6 +1,6 @@
 // shmbus/socket.io: real socket.io servers under node:cluster, real socket.io-client clients, on
 // every transport under test (test/fixtures/socketio.mjs); servers that nothing forks (plain
-// `node` programs, and PM2's cluster mode) on shm and nats (test/fixtures/socketio-server.cjs).
+// `node` programs, and PM2's cluster mode) on shm, nats and hybrid (test/fixtures/socketio-server.cjs).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -12,7 +12,7 @@ import { pm2Home, until } from './helpers/pm2.mjs';
 import { resultOf, transportsUnderTest } from './helpers/run.mjs';
 import { program } from './helpers/spawn.mjs';
 
-const transports = await transportsUnderTest();
+const transports = await transportsUnderTest({ hybrid: true });
 const names = (...list) => list.sort();
 const everyone = names('w1a', 'w1b', 'w2a', 'w2b', 'w3a', 'w3b');
 const withoutMs = ({ ms, ...rest }) => rest;
