@@ -351,9 +351,13 @@ test('hosts in mount and UTS namespaces of their own (own tmpfs /tmp, own host n
   const hosts = [];
   try {
     // One program per host: unshare, a fresh /tmp, a host name, then two members with default
-    // options (bus directory under the namespace's /tmp).
+    // options (bus directory under the namespace's /tmp). The checkout may itself be under /tmp
+    // (a CI clone often is): it is bound elsewhere first and bound back at its path on the new /tmp.
+    const repo = fileURLToPath(new URL('..', import.meta.url)).replace(/\/$/, '');
+    const hold = repo.startsWith('/mnt') ? '/srv' : '/mnt';
+    const keepRepo = `mount --bind "${repo}" ${hold} && mount -t tmpfs tmpfs /tmp && mkdir -p "${repo}" && mount --bind ${hold} "${repo}"`;
     for (const [host, ids] of [['ns-host-a', ['x1', 'x2']], ['ns-host-b', ['y1', 'y2']]]) {
-      const script = `mount -t tmpfs tmpfs /tmp && hostname ${host} && ${ids.map((id) => `SHMBUS_ID=${id} "${process.execPath}" "${MEMBER}" &`).join(' ')} wait`;
+      const script = `${keepRepo} && hostname ${host} && ${ids.map((id) => `SHMBUS_ID=${id} "${process.execPath}" "${MEMBER}" &`).join(' ')} wait`;
       hosts.push(
         program(new URL('./fixtures/hybrid-host.mjs', import.meta.url), {
           name: host,
