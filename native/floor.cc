@@ -118,13 +118,22 @@ class FloorEnd : public Reactor, public MemberEvents, public PollLoop {
     return member_.send(slot_, parts, 2, kHead + len);
   }
 
-  // Sends once the peer's queue has room, as a bus sender does after drain().
+  // Sends once the peer's queue has room, as a bus sender does after drain(). As the bus does
+  // (belowQueueLimit), the queue is read only when what was read last, plus what may have been
+  // queued since, could reach the limit.
   bool send_flow(uint32_t kind, uint32_t arg, const uint8_t* body, size_t len, std::string* err) {
-    if (member_.queued(slot_) + kHead + len > options_.max_queue) {
-      if (!wait([&] { return member_.queued(slot_) < options_.max_queue / 2; }, "the peer to take messages", err))
-        return false;
+    const uint64_t size = kHead + len;
+    if (seen_queued_ + handed_ + size > options_.max_queue) {
+      seen_queued_ = member_.queued(slot_);
+      handed_ = 0;
+      if (seen_queued_ + size > options_.max_queue) {
+        if (!wait([&] { return member_.queued(slot_) < options_.max_queue / 2; }, "the peer to take messages", err))
+          return false;
+        seen_queued_ = member_.queued(slot_);
+      }
     }
     if (send(kind, arg, body, len) >= Member::kNoLink) return fail(err, "the link is gone");
+    handed_ += 2 * size + 256;  // a record's header and padding, or a copy outside the ring
     return true;
   }
 
@@ -226,6 +235,8 @@ class FloorEnd : public Reactor, public MemberEvents, public PollLoop {
   std::vector<uint8_t> assembling_;
   std::vector<std::vector<uint8_t>> own_, spare_;
   uint32_t slot_ = 0;
+  uint64_t seen_queued_ = 0;  // member_.queued() when last read
+  uint64_t handed_ = 0;       // what the queue may have grown by since
   bool up_ = false;
   bool down_ = false;
   unsigned idle_passes_ = 0;

@@ -134,6 +134,7 @@ Member::StartResult Member::start(const MemberOptions& options, std::string* err
       return kFailed;
     }
   }
+  light_ = ring_light_barriers();
   bell_fd_.reset(doorbell_create());
   if (!bell_fd_.valid()) {
     *err = std::string("eventfd: ") + std::strerror(errno);
@@ -247,7 +248,7 @@ bool Member::create_out_ring(PeerLink* link, std::string* err) {
     link->out_fd.reset();
     return false;
   }
-  ring_init(link->out_base, options_.ring_capacity);
+  ring_init(link->out_base, options_.ring_capacity, light_ ? kRingFlagLight : 0);
   link->producer.attach(link->out_base, options_.ring_capacity);
   link->ring_limit = link->producer.limit();
   return true;
@@ -603,6 +604,10 @@ bool Member::attach_peer_ring(PeerLink* link, uint64_t ring_bytes, Fd ring, Fd b
   link->in_base = base;
   link->in_bytes = bytes;
   link->consumer.attach(base, ring_bytes, options_.max_message + kMessageSlack);
+  // Light mode on both rings of the pair when both members can use it (see ring.h).
+  const bool light = light_ && (ring_flags(base) & kRingFlagLight) != 0;
+  link->consumer.set_light(light);
+  link->producer.set_light(light);
   link->peer_bell = std::move(bell);
   return true;
 }
@@ -728,8 +733,14 @@ bool Member::poll() {
 }
 
 bool Member::park() {
-  for (auto& entry : links_)
-    if (entry.second->state == PeerLink::kUp) entry.second->consumer.set_waiting(true);
+  bool light = false;
+  for (auto& entry : links_) {
+    if (entry.second->state != PeerLink::kUp) continue;
+    entry.second->consumer.set_waiting(true);
+    light |= entry.second->consumer.light();
+  }
+  // Our producers publish without a fence on light rings: this barrier orders their stores.
+  if (light) ring_heavy_barrier();
   for (auto& entry : links_) {
     if (entry.second->state == PeerLink::kUp && entry.second->consumer.has_data()) {
       unpark();
@@ -767,9 +778,14 @@ Member::SendResult Member::send(uint32_t slot, const Part* parts, int nparts, si
     }
     if (link->producer.limit() != link->ring_limit) note_growth(link);
     if (st == RingProducer::kDone) {
-      uint64_t q = link->producer.queued();
-      if (q > link->last_queued) link->last_queued = q;
-      if (q >= options_.notify_bytes && !link->notify) flush_overflow(link);
+      // The consumer's index is read only when what we last saw of it leaves the ring near the
+      // threshold: reading it on every send took the consumer's cache line away per message.
+      uint64_t q = link->producer.queued_at_most();
+      if (q >= options_.notify_bytes && !link->notify) {
+        q = link->producer.queued();
+        if (q >= options_.notify_bytes) flush_overflow(link);
+      }
+      if (q > link->last_queued && q != ~uint64_t{0}) link->last_queued = q;
       return kSent;
     }
   }

@@ -156,6 +156,7 @@ class Member : public Pollable {
   std::map<std::string, PeerLink*> connecting_;          // our HELLO sent, no answer yet
   std::vector<std::vector<uint8_t>> spares_;             // emptied overflow buffers
   size_t spare_bytes_ = 0;
+  bool light_ = false;  // this process can use the rings' light mode (ring_light_barriers())
 };
 
 }  // namespace shmbus

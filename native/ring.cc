@@ -1,6 +1,9 @@
 #include "ring.h"
 
+#include <linux/membarrier.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <cstring>
 
@@ -14,6 +17,12 @@ template <typename T>
 T load_sc(const T* p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
 template <typename T>
 void store_sc(T* p, T v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
+template <typename T>
+void store_release(T* p, T v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+template <typename T>
+T load_relaxed(const T* p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+
+long membarrier(int cmd) { return syscall(__NR_membarrier, cmd, 0, 0); }
 
 void put_header(uint8_t* p, uint32_t length, uint32_t type) {
   std::memcpy(p, &length, 4);
@@ -38,11 +47,27 @@ void gather(uint8_t* dst, const Part* parts, int nparts, size_t offset, size_t l
 
 }  // namespace
 
-void ring_init(void* base, size_t capacity) {
+bool ring_light_barriers() {
+  // Registration is for the whole process; a trial barrier proves the command is allowed too.
+  static const bool ok = membarrier(MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED) == 0 &&
+                         membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) == 0;
+  return ok;
+}
+
+void ring_heavy_barrier() {
+  __atomic_thread_fence(__ATOMIC_SEQ_CST);
+  membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED);
+  __atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+
+uint32_t ring_flags(const void* base) { return load_relaxed(&static_cast<const RingHeader*>(base)->flags); }
+
+void ring_init(void* base, size_t capacity, uint32_t flags) {
   auto* hdr = static_cast<RingHeader*>(base);
   hdr->magic = kRingMagic;
   hdr->version = kRingVersion;
   hdr->capacity = capacity;
+  hdr->flags = flags;
   hdr->tail = 0;
   hdr->head = 0;
   // A new ring's consumer has not looked at it yet: treat it as parked so that the first record
@@ -61,6 +86,7 @@ void RingProducer::attach(void* base, size_t capacity) {
   tail_ = head_cache_ = 0;
   written_since_growth_ = pad_index_ = pad_bytes_ = 0;
   corrupt_ = false;
+  light_ = false;
 }
 
 bool RingProducer::grow() {
@@ -193,9 +219,21 @@ RingProducer::Status RingProducer::write(const Part* parts, int nparts, size_t t
 }
 
 bool RingProducer::commit() {
-  store_sc(&hdr_->tail, tail_);
-  if (load_sc(&hdr_->consumer_waiting) == 0) return false;
+  if (light_) {
+    // Ordered against a parking consumer by its ring_heavy_barrier() (see ring.h).
+    store_release(&hdr_->tail, tail_);
+    if (load_relaxed(&hdr_->consumer_waiting) == 0) return false;
+  } else {
+    store_sc(&hdr_->tail, tail_);
+    if (load_sc(&hdr_->consumer_waiting) == 0) return false;
+  }
   return __atomic_exchange_n(&hdr_->consumer_waiting, 0u, __ATOMIC_SEQ_CST) != 0;
+}
+
+uint64_t RingProducer::queued_at_most() const {
+  uint64_t q = tail_ - head_cache_;
+  if (pad_bytes_ != 0 && pad_index_ - head_cache_ < q) q -= pad_bytes_;
+  return q;
 }
 
 uint64_t RingProducer::queued() const {
@@ -207,7 +245,17 @@ uint64_t RingProducer::queued() const {
   return q;
 }
 
-void RingProducer::want_space() { store_sc(&hdr_->producer_waiting, 1u); }
+void RingProducer::want_space() {
+  // Still set from an earlier call: the consumer has not taken it yet, so it will, after its
+  // next head store (it clears the flag only when it takes it).
+  if (load_sc(&hdr_->producer_waiting) != 0) return;
+  if (light_) {
+    __atomic_store_n(&hdr_->producer_waiting, 1u, __ATOMIC_RELAXED);
+    ring_heavy_barrier();
+  } else {
+    store_sc(&hdr_->producer_waiting, 1u);
+  }
+}
 
 // ---- consumer ---------------------------------------------------------------------------------
 
@@ -218,6 +266,7 @@ void RingConsumer::attach(void* base, size_t capacity, size_t max_message) {
   max_message_ = max_message;
   head_ = 0;
   large_ = nullptr;
+  light_ = false;
 }
 
 RingConsumer::Status RingConsumer::fail(const char* what) {
@@ -229,11 +278,20 @@ RingConsumer::Status RingConsumer::fail(const char* what) {
 
 bool RingConsumer::has_data() const { return load_sc(&hdr_->tail) != head_; }
 
-void RingConsumer::set_waiting(bool on) { store_sc(&hdr_->consumer_waiting, on ? 1u : 0u); }
+void RingConsumer::set_waiting(bool on) {
+  if (light_) __atomic_store_n(&hdr_->consumer_waiting, on ? 1u : 0u, __ATOMIC_RELAXED);
+  else store_sc(&hdr_->consumer_waiting, on ? 1u : 0u);
+}
 
 bool RingConsumer::take_producer_waiting() {
-  if (load_sc(&hdr_->producer_waiting) == 0) return false;
+  // Light mode: ordered after our head store by the waiting producer's ring_heavy_barrier().
+  if ((light_ ? load_relaxed(&hdr_->producer_waiting) : load_sc(&hdr_->producer_waiting)) == 0) return false;
   return __atomic_exchange_n(&hdr_->producer_waiting, 0u, __ATOMIC_SEQ_CST) != 0;
+}
+
+void RingConsumer::store_head() {
+  if (light_) store_release(&hdr_->head, head_);
+  else store_sc(&hdr_->head, head_);
 }
 
 RingConsumer::Status RingConsumer::drain(FrameSink& sink, size_t max_bytes, size_t* got) {
@@ -296,9 +354,9 @@ RingConsumer::Status RingConsumer::drain(FrameSink& sink, size_t max_bytes, size
     bytes += span;
     count++;
     // Free big records at once so the producer can go on writing while we copy.
-    if (span >= 4096) store_sc(&hdr_->head, head_);
+    if (span >= 4096) store_head();
   }
-  store_sc(&hdr_->head, head_);
+  store_head();
   *got = count;
   return kOk;
 }

@@ -12,6 +12,19 @@
 // Everything in the mapping can be written by the other process at any time, so each side keeps
 // its own index locally and checks every value it reads from the other (a corrupt ring is
 // reported, never followed out of bounds).
+//
+// The doorbell handshakes are two Dekker pairs: the producer stores tail then loads
+// consumer_waiting, the parking consumer stores consumer_waiting then loads tail (and the same
+// with head and producer_waiting for a producer that waits for space). Each side needs a full
+// barrier between its store and its load, or both can miss the other's store and the wake-up is
+// lost. In plain mode each side fences on every commit and every head store: on x86 a locked
+// instruction that waits for the store to reach the other core, on every message. In light
+// mode (both processes registered for membarrier(2), see ring_light_barriers()) only the rare
+// side fences: the consumer that parks, and the producer that asks for space, issue
+// ring_heavy_barrier(), which runs a full barrier on every thread of the other process that is
+// running at that moment (a thread that is not running passes one when it is switched in). The
+// common side's store and load are then ordered by that barrier: either its load came after it
+// and sees the flag, or its store came before it and the parking side sees the data.
 #pragma once
 
 #include <cstddef>
@@ -37,6 +50,7 @@ struct RingHeader {
   alignas(128) uint32_t magic;
   uint32_t version;
   uint64_t capacity;
+  uint32_t flags;                           // kRingFlag*, set by the producer at ring_init
   alignas(128) uint64_t tail;               // written by the producer
   alignas(128) uint64_t head;               // written by the consumer
   alignas(128) uint32_t consumer_waiting;   // consumer is parked: ring its doorbell
@@ -65,8 +79,23 @@ inline size_t ring_max_record(size_t capacity) {
   return r > (size_t{256} << 10) ? (size_t{256} << 10) : r;
 }
 
+// The process that made the ring can use light mode (it is registered for membarrier).
+constexpr uint32_t kRingFlagLight = 1;
+
 // Initialises a fresh (zero-filled) mapping; only the producer that created it calls this.
-void ring_init(void* base, size_t capacity);
+// flags: kRingFlagLight if ring_light_barriers() said so.
+void ring_init(void* base, size_t capacity, uint32_t flags = 0);
+// The flags the ring's maker set (read once, when the consumer attaches).
+uint32_t ring_flags(const void* base);
+
+// Registers this process for membarrier(2)'s global expedited barriers (once, at first call):
+// true if both this process and a peer that says the same may use light mode on a ring they
+// share. False where the kernel or a seccomp filter refuses it.
+bool ring_light_barriers();
+// A full barrier here and on every running thread of every registered process (light mode's
+// rare side). Falls back to a fence here alone if the kernel refuses it (it did not at
+// registration, so it does not).
+void ring_heavy_barrier();
 
 struct Part {
   const uint8_t* data;
@@ -83,6 +112,8 @@ class RingProducer {
 
   void attach(void* base, size_t capacity);
   bool attached() const { return hdr_ != nullptr; }
+  // Light mode (see the top of this file): only when both processes can use it.
+  void set_light(bool on) { light_ = on; }
 
   // Writes message bytes [*progress, total) as records, as far as space allows, advancing
   // *progress. The concatenation of parts holds the message's bytes from `base` on
@@ -93,7 +124,11 @@ class RingProducer {
   // woken (the flag is cleared, so one wake-up per park).
   bool commit();
   // Bytes in the ring not yet freed by the consumer; ~0 if the consumer's index is corrupt.
+  // Reads the consumer's index: a cache miss while the consumer is busy.
   uint64_t queued() const;
+  // At least queued(), from what the producer last read of the consumer's index (no shared
+  // memory read).
+  uint64_t queued_at_most() const;
   // Asks the consumer to ring our doorbell when it frees space. The caller looks at the ring
   // again afterwards: space freed just before the flag was set brings no wake-up.
   void want_space();
@@ -125,6 +160,7 @@ class RingProducer {
   uint64_t pad_index_ = 0;
   uint64_t pad_bytes_ = 0;
   bool corrupt_ = false;
+  bool light_ = false;
 };
 
 // Receives what RingConsumer::drain reads. Pointers passed to message() are valid only during
@@ -144,11 +180,15 @@ class RingConsumer {
 
   void attach(void* base, size_t capacity, size_t max_message);
   bool attached() const { return hdr_ != nullptr; }
+  void set_light(bool on) { light_ = on; }
+  bool light() const { return light_; }
 
   // Reads committed records (at most about max_bytes of them) into sink. *got = records read.
   Status drain(FrameSink& sink, size_t max_bytes, size_t* got);
   // Whether committed records wait to be read (a corrupt tail counts as data: drain reports it).
   bool has_data() const;
+  // In light mode, set_waiting(true) is a plain store: call ring_heavy_barrier() between it and
+  // the has_data() that decides to sleep (one barrier serves every ring a member parks on).
   void set_waiting(bool on);
   // True if the producer asked for space and is to be woken (clears its flag).
   bool take_producer_waiting();
@@ -158,6 +198,7 @@ class RingConsumer {
 
  private:
   Status fail(const char* what);
+  void store_head();
 
   RingHeader* hdr_ = nullptr;
   const uint8_t* data_ = nullptr;
@@ -167,6 +208,7 @@ class RingConsumer {
   uint8_t* large_ = nullptr;
   size_t large_total_ = 0;
   size_t large_filled_ = 0;
+  bool light_ = false;
   std::string error_;
 };
 

@@ -4,6 +4,8 @@
 // timeout and fails the test.
 //   one-mapping:  both threads use one mapping (for ThreadSanitizer, which tracks addresses)
 //   two-mappings: each thread maps the memfd itself, as two processes do
+// and a second argument `light`: the rings' light mode (see ring.h), where only the parking
+// consumer and the producer that waits for space fence, with membarrier(2).
 #include <poll.h>
 #include <unistd.h>
 
@@ -62,6 +64,12 @@ struct Check : FrameSink {
 
 int main(int argc, char** argv) {
   const bool two = argc > 1 && std::string(argv[1]) == "two-mappings";
+  const bool light = argc > 2 && std::string(argv[2]) == "light";
+  if (light && !ring_light_barriers()) {
+    std::printf("ring_threads (%s, light): this kernel refuses membarrier; light mode is not used here\n",
+                two ? "two mappings" : "one mapping");
+    return 0;
+  }
   std::string err;
   const size_t bytes = ring_mapping_bytes(kCapacity);
   int fd = segment_create("ring-threads", bytes, &err);
@@ -79,6 +87,7 @@ int main(int argc, char** argv) {
     CHECK(base != nullptr);
     RingProducer p;
     p.attach(base, kCapacity);
+    p.set_light(light);
     std::mt19937 rng(7);
     std::vector<uint8_t> msg;
     for (uint32_t seq = 0; seq < kMessages; seq++) {
@@ -116,6 +125,7 @@ int main(int argc, char** argv) {
     CHECK(base != nullptr);
     RingConsumer c;
     c.attach(base, kCapacity, 1 << 20);
+    c.set_light(light);
     Check sink;
     int idle = 0;
     while (sink.next < kMessages) {
@@ -128,6 +138,7 @@ int main(int argc, char** argv) {
       }
       if (++idle < 50) continue;  // spin a little, then park
       c.set_waiting(true);
+      if (light) ring_heavy_barrier();
       if (!c.has_data()) {
         CHECK(wait_readable(consumer_bell));
         doorbell_clear(consumer_bell);
@@ -145,6 +156,6 @@ int main(int argc, char** argv) {
   close(fd);
   close(consumer_bell);
   close(producer_bell);
-  std::printf("ring_threads (%s): ok\n", two ? "two mappings" : "one mapping");
+  std::printf("ring_threads (%s%s): ok\n", two ? "two mappings" : "one mapping", light ? ", light" : "");
   return 0;
 }
