@@ -604,15 +604,16 @@ bool Member::attach_peer_ring(PeerLink* link, uint64_t ring_bytes, Fd ring, Fd b
   link->in_base = base;
   link->in_bytes = bytes;
   link->consumer.attach(base, ring_bytes, options_.max_message + kMessageSlack);
-  // Light mode on both rings of the pair when both members can use it (see ring.h).
-  const bool light = light_ && (ring_flags(base) & kRingFlagLight) != 0;
-  link->consumer.set_light(light);
-  link->producer.set_light(light);
   link->peer_bell = std::move(bell);
   return true;
 }
 
 bool Member::bring_up(PeerLink* link) {
+  // Light mode on both rings of the pair when both members can use it (see ring.h); both
+  // rings are attached by now.
+  const bool light = light_ && (ring_flags(link->in_base) & kRingFlagLight) != 0;
+  link->consumer.set_light(light);
+  link->producer.set_light(light);
   link->out_fd.reset();
   link->state = PeerLink::kUp;
   up_[link->id] = link;
@@ -816,6 +817,12 @@ uint64_t Member::queued(uint32_t slot) const {
   uint64_t q = link->producer.queued();
   if (q == ~uint64_t{0}) q = link->out_bytes;
   return q + link->overflow_bytes;
+}
+
+bool Member::light(uint32_t slot) const {
+  auto it = links_.find(slot);
+  return it != links_.end() && it->second->state == PeerLink::kUp && it->second->consumer.light() &&
+         it->second->producer.light();
 }
 
 // Overflow buffers are kept for reuse (up to kSpareBytes): fresh memory costs a page fault per

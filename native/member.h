@@ -95,6 +95,8 @@ class Member : public Pollable {
   SendResult send(uint32_t slot, const Part* parts, int nparts, size_t total);
   // Bytes accepted for the peer and not yet taken by it.
   uint64_t queued(uint32_t slot) const;
+  // Whether the link's rings use light mode (see ring.h).
+  bool light(uint32_t slot) const;
   // Removes a dead member's socket file if no live member holds its id (1 removed, 0 nothing
   // there, -1 held).
   int reap(const std::string& id);

@@ -114,6 +114,7 @@ class RingProducer {
   bool attached() const { return hdr_ != nullptr; }
   // Light mode (see the top of this file): only when both processes can use it.
   void set_light(bool on) { light_ = on; }
+  bool light() const { return light_; }
 
   // Writes message bytes [*progress, total) as records, as far as space allows, advancing
   // *progress. The concatenation of parts holds the message's bytes from `base` on

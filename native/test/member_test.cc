@@ -416,6 +416,10 @@ void test_bus() {
     CHECK(b.member.initial_pending() == 1);
     run_until({&a, &b}, [&] { return b.is_ready && a.slot_of("worker_b") && b.slot_of("1"); });
 
+    // Both ends of the link use the rings' light mode where the kernel allows membarrier.
+    CHECK(a.member.light(a.slot_of("worker_b")) == ring_light_barriers());
+    CHECK(b.member.light(b.slot_of("1")) == ring_light_barriers());
+
     // The id is held while its member lives.
     Node dup;
     CHECK(dup.member.start(options(dir, "1"), &err) == Member::kDuplicate);
