@@ -83,6 +83,7 @@ class Bus : public Napi::ObjectWrap<Bus>,
                        {
                            InstanceMethod<&Bus::Start>("start"),
                            InstanceMethod<&Bus::Send>("send"),
+                           InstanceMethod<&Bus::SendBatch>("sendBatch"),
                            InstanceMethod<&Bus::Queued>("queued"),
                            InstanceMethod<&Bus::Reap>("reap"),
                            InstanceMethod<&Bus::Ref>("ref"),
@@ -234,6 +235,41 @@ class Bus : public Napi::ObjectWrap<Bus>,
     Member::SendResult r = member_.send(slot, parts, 2, parts[0].len + parts[1].len);
     policy_->sent(r == Member::kBroken);
     return Napi::Number::New(env, r);
+  }
+
+  // sendBatch(bytes: Uint8Array, meta: Int32Array, count): frame i is bytes[meta[2i+1] ..
+  // meta[2i+1] + meta[2i+2]) to slot meta[2i] (records of 3 int32: slot, offset, length). One
+  // crossing for what one turn of the JS loop sent; the results are not reported (a broken
+  // link reports itself on the next pass, as after send()).
+  Napi::Value SendBatch(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!started_ || closed_) return env.Undefined();
+    if (info.Length() < 3 || !info[0].IsTypedArray() || !info[1].IsTypedArray() || !info[2].IsNumber()) {
+      Napi::TypeError::New(env, "sendBatch(bytes: Uint8Array, meta: Int32Array, count)").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    Napi::Uint8Array bytes = info[0].As<Napi::Uint8Array>();
+    Napi::Int32Array meta = info[1].As<Napi::Int32Array>();
+    const size_t count = info[2].As<Napi::Number>().Uint32Value();
+    if (count * 3 > meta.ElementLength()) {
+      Napi::RangeError::New(env, "sendBatch: count past meta").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    const uint8_t* data = bytes.Data();
+    const size_t size = bytes.ByteLength();
+    const int32_t* m = meta.Data();
+    bool sent = false, broken = false;
+    for (size_t i = 0; i < count; i++, m += 3) {
+      const size_t off = static_cast<uint32_t>(m[1]), len = static_cast<uint32_t>(m[2]);
+      if (off > size || len > size - off) continue;
+      shmbus::Part part = {data + off, len};
+      Member::SendResult r = member_.send(static_cast<uint32_t>(m[0]), &part, 1, len);
+      if (r == Member::kBroken) broken = true;
+      else sent = true;
+    }
+    if (sent) policy_->sent(false);
+    if (broken) policy_->sent(true);
+    return env.Undefined();
   }
 
   Napi::Value Queued(const Napi::CallbackInfo& info) {

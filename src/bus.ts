@@ -159,7 +159,8 @@ export class Bus {
 
   /** @internal the TransportHost the bus gives its transport */
   readonly host: TransportHost = {
-    frame: (from, frame) => this.onFrame(from, frame),
+    frame: (from, frame) => this.onFrame(from, frame, 0, frame.length),
+    frameIn: (from, bytes, start, end) => this.onFrame(from, bytes, start, end),
     join: (id) => this.onJoin(id),
     leave: (id) => this.onLeave(id),
     error: (err) => this.emitError(err),
@@ -312,7 +313,7 @@ export class Bus {
     const frames = this.selfQueue;
     this.selfQueue = [];
     this.selfQueuedBytes = 0;
-    for (const frame of frames) this.dispatch(this.id, frame);
+    for (const frame of frames) this.dispatch(this.id, frame, 0, frame.length);
     this.checkWaiters();
   }
 
@@ -506,26 +507,27 @@ export class Bus {
     this.checkWaiters();
   }
 
-  private onFrame(from: MemberId, frame: Buffer): void {
+  private onFrame(from: MemberId, bytes: Buffer, start: number, end: number): void {
     if (this.closed) return;
-    if (this.early) this.early.push([from, frame]);
-    else this.dispatch(from, frame);
+    if (this.early) this.early.push([from, bytes.subarray(start, end)]);
+    else this.dispatch(from, bytes, start, end);
   }
 
   private flushEarly(): void {
     const early = this.early ?? [];
     this.early = null;
-    for (const [from, frame] of early) this.dispatch(from, frame);
+    for (const [from, frame] of early) this.dispatch(from, frame, 0, frame.length);
   }
 
-  private dispatch(from: MemberId, frame: Buffer): void {
+  /** The frame bytes[start, end) from `from`. */
+  private dispatch(from: MemberId, bytes: Buffer, start: number, end: number): void {
     const c = this.counter(from);
     c.receivedMessages++;
-    c.receivedBytes += frame.length;
-    const parsed = parseFrame(frame);
+    c.receivedBytes += end - start;
+    const parsed = parseFrame(bytes, start, end);
     if (!parsed) {
       c.errors++;
-      this.emitError(new ShmbusError('ERR_SHMBUS_PROTOCOL', `member ${show(from)} sent a frame that can't be read (${frame.length} bytes)`));
+      this.emitError(new ShmbusError('ERR_SHMBUS_PROTOCOL', `member ${show(from)} sent a frame that can't be read (${end - start} bytes)`));
       return;
     }
     switch (parsed.kind) {
@@ -541,10 +543,10 @@ export class Bus {
 
   private decode(from: MemberId, parsed: ParsedFrame, c: PeerCounters): { ok: true; data: unknown } | { ok: false; err: ShmbusError } {
     try {
-      return { ok: true, data: this.codec.decode(parsed.body, parsed.flags) };
+      return { ok: true, data: this.codec.decode(parsed.bytes, parsed.bodyStart, parsed.bodyEnd, parsed.flags) };
     } catch (cause) {
       c.errors++;
-      const err = new ShmbusError('ERR_SHMBUS_SERIALIZE', `a ${parsed.body.length}-byte body for ${show(parsed.action)} from ${show(from)} can't be decoded with the ${this.codec.name} codec`, { cause });
+      const err = new ShmbusError('ERR_SHMBUS_SERIALIZE', `a ${parsed.bodyEnd - parsed.bodyStart}-byte body for ${show(parsed.action)} from ${show(from)} can't be decoded with the ${this.codec.name} codec`, { cause });
       return { ok: false, err };
     }
   }
@@ -624,7 +626,7 @@ export class Bus {
     }
     let failure: { code?: unknown; message?: unknown; remoteCode?: unknown } = {};
     try {
-      failure = JSON.parse(parsed.body.toString('utf8'));
+      failure = JSON.parse(parsed.bytes.toString('utf8', parsed.bodyStart, parsed.bodyEnd));
     } catch {
       c.errors++;
     }

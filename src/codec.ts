@@ -13,8 +13,8 @@ export interface Encoded {
 export interface Codec {
   readonly name: CodecName;
   encode(data: unknown): Encoded;
-  /** `body` comes from another process: a codec that can't decode it throws. */
-  decode(body: Buffer, flags: number): unknown;
+  /** The body is bytes[start, end), from another process: a codec that can't decode it throws. */
+  decode(bytes: Buffer, start: number, end: number, flags: number): unknown;
 }
 
 const EMPTY = new Uint8Array(0);
@@ -48,23 +48,27 @@ const v8FormatVersion = (): number => (v8Version ??= v8.serialize('')[1]);
 const ONE_BYTE_STRING = 0x22;
 
 /**
- * Reads `body` if it is exactly one Latin-1 string written by this Node's serializer (the most
- * common small payload besides objects), without making a native Deserializer; else undefined.
+ * Reads bytes[start, end) if it is exactly one Latin-1 string written by this Node's serializer
+ * (the most common small payload besides objects), without making a native Deserializer; else
+ * undefined.
  */
-function deserializeOneByteString(body: Buffer): string | undefined {
-  if (body.length < 4 || body[0] !== 0xff || body[1] !== v8FormatVersion() || body[2] !== ONE_BYTE_STRING) return undefined;
+function deserializeOneByteString(bytes: Buffer, start: number, end: number): string | undefined {
+  if (end - start < 4 || bytes[start] !== 0xff || bytes[start + 1] !== v8FormatVersion() || bytes[start + 2] !== ONE_BYTE_STRING) return undefined;
   let length = 0;
   let shift = 0;
-  let at = 3;
+  let at = start + 3;
   for (;;) {
-    if (at >= body.length || shift > 28) return undefined;
-    const byte = body[at++];
+    if (at >= end || shift > 28) return undefined;
+    const byte = bytes[at++];
     length += (byte & 0x7f) * 2 ** shift;
     if (byte < 0x80) break;
     shift += 7;
   }
-  return at + length === body.length ? body.toString('latin1', at, body.length) : undefined;
+  return at + length === end ? bytes.toString('latin1', at, end) : undefined;
 }
+
+/** bytes[start, end) as a Buffer of its own length (bytes itself when that is all of it). */
+const slice = (bytes: Buffer, start: number, end: number): Buffer => (start === 0 && end === bytes.length ? bytes : bytes.subarray(start, end));
 
 /** Finds a character above U+00FF (V8 answers at once for a string it holds as one-byte). */
 const NOT_LATIN1 = /[^\x00-\xff]/;
@@ -103,8 +107,8 @@ const v8Codec: Codec = {
       throw serializeError('v8', err);
     }
   },
-  decode(body) {
-    return deserializeOneByteString(body) ?? v8.deserialize(body);
+  decode(bytes, start, end) {
+    return deserializeOneByteString(bytes, start, end) ?? v8.deserialize(slice(bytes, start, end));
   },
 };
 
@@ -123,9 +127,9 @@ const jsonCodec: Codec = {
     }
     return { body: Buffer.from(text, 'utf8'), flags: 0 };
   },
-  decode(body, flags) {
+  decode(bytes, start, end, flags) {
     if (flags & FLAG_UNDEFINED) return undefined;
-    return JSON.parse(body.toString('utf8'));
+    return JSON.parse(bytes.toString('utf8', start, end));
   },
 };
 
@@ -136,8 +140,8 @@ const rawCodec: Codec = {
     if (data === undefined || data === null) return { body: EMPTY, flags: 0 };
     throw serializeError('raw', new TypeError(`the raw codec takes a Buffer or Uint8Array, not ${describe(data)}`));
   },
-  decode(body) {
-    return body;
+  decode(bytes, start, end) {
+    return slice(bytes, start, end);
   },
 };
 

@@ -29,7 +29,10 @@ export interface ParsedFrame {
   flags: number;
   requestId: number;
   action: string;
-  body: Buffer;
+  /** The body is bytes[bodyStart, bodyEnd) (bytes may hold other frames too). */
+  bytes: Buffer;
+  bodyStart: number;
+  bodyEnd: number;
 }
 
 export function makeHead(kind: FrameKind, flags: number, requestId: number, action: string): Buffer {
@@ -48,35 +51,38 @@ const ACTION_CACHE_BYTES = 64;
 let lastActionBytes: Buffer | undefined;
 let lastAction = '';
 
-/** The action in frame[HEAD_FIXED, end), without decoding UTF-8 when its bytes are the last one's. */
-function readAction(frame: Buffer, end: number): string {
-  const length = end - HEAD_FIXED;
+/** The action in bytes[start, end), without decoding UTF-8 when its bytes are the last one's. */
+function readAction(bytes: Buffer, start: number, end: number): string {
+  const length = end - start;
   const last = lastActionBytes;
   if (last !== undefined && last.length === length) {
     let i = 0;
-    while (i < length && frame[HEAD_FIXED + i] === last[i]) i++;
+    while (i < length && bytes[start + i] === last[i]) i++;
     if (i === length) return lastAction;
   }
-  const action = frame.toString('utf8', HEAD_FIXED, end);
+  const action = bytes.toString('utf8', start, end);
   if (length <= ACTION_CACHE_BYTES) {
-    lastActionBytes = Buffer.from(frame.subarray(HEAD_FIXED, end));
+    lastActionBytes = Buffer.from(bytes.subarray(start, end));
     lastAction = action;
   }
   return action;
 }
 
-export function parseFrame(frame: Buffer): ParsedFrame | null {
-  if (frame.length < HEAD_FIXED) return null;
-  const kind = frame[0];
+/** The frame bytes[start, end) (the whole of bytes by default), or null if it can't be trusted. */
+export function parseFrame(bytes: Buffer, start = 0, end = bytes.length): ParsedFrame | null {
+  if (end - start < HEAD_FIXED) return null;
+  const kind = bytes[start];
   if (kind < FrameKind.MESSAGE || kind > FrameKind.FAILURE) return null;
-  const actionLen = frame.readUInt16LE(2);
-  const bodyStart = HEAD_FIXED + actionLen;
-  if (bodyStart > frame.length) return null;
+  const actionLen = bytes[start + 2] | (bytes[start + 3] << 8);
+  const bodyStart = start + HEAD_FIXED + actionLen;
+  if (bodyStart > end) return null;
   return {
     kind,
-    flags: frame[1],
-    requestId: frame.readUInt32LE(4),
-    action: readAction(frame, bodyStart),
-    body: frame.subarray(bodyStart),
+    flags: bytes[start + 1],
+    requestId: (bytes[start + 4] | (bytes[start + 5] << 8) | (bytes[start + 6] << 16)) + bytes[start + 7] * 2 ** 24,
+    action: readAction(bytes, start + HEAD_FIXED, bodyStart),
+    bytes,
+    bodyStart,
+    bodyEnd: end,
   };
 }

@@ -39,6 +39,8 @@ export interface NativeBus {
   start(): [number, string, number];
   /** One of NativeAddon.sendResults. */
   send(slot: number, head: Uint8Array, body: Uint8Array): number;
+  /** Frame i: bytes[meta[3i+1], + meta[3i+2]) to slot meta[3i], for i < count. */
+  sendBatch(bytes: Uint8Array, meta: Int32Array, count: number): void;
   queued(slot: number): number;
   /** Removes a dead member's socket file: 1 removed, 0 none, -1 its id is held. */
   reap(id: string): number;

@@ -22,6 +22,12 @@ export interface TransportHost {
    * For each sender, frames arrive in the order that sender passed them to send().
    */
   frame(from: MemberId, frame: Buffer): void;
+  /**
+   * Optional: as frame(), for the frame bytes[start, end) of a buffer that holds other frames
+   * too (no Buffer made per frame). The bus keeps only what it hands on (a raw body is a view
+   * into bytes), so bytes must never be written again.
+   */
+  frameIn?(from: MemberId, bytes: Buffer, start: number, end: number): void;
   /** `id` became a member. Reported before any frame from it. Not reported during open() for
    *  the members already present: those are in peers() once open() resolves. */
   join(id: MemberId): void;
