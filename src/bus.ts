@@ -133,6 +133,14 @@ export class Bus {
   private selfQueue: Buffer[] = [];
   private selfQueuedBytes = 0;
   private selfFlushScheduled = false;
+  /** The last action sent with flags 0 and its head (checked, and the head made, once). */
+  private lastAction: string | undefined;
+  private lastHead: Buffer | undefined;
+  /** The member counter() and seenOf() last looked up, and their entries: a hash lookup per send or frame saved. */
+  private lastCounterId: MemberId | undefined;
+  private lastCounter: PeerCounters | undefined;
+  private lastSeenId: MemberId | undefined;
+  private lastSeen: { queued: number; at: number } | undefined;
 
   /** @internal use open() */
   constructor(options: ResolvedOptions) {
@@ -204,13 +212,18 @@ export class Bus {
    */
   sendMessage<A extends string>(action: Action<A>, data?: unknown, to?: MemberId | readonly MemberId[]): number {
     if (this.closed) throw new ShmbusError('ERR_SHMBUS_CLOSED', 'sendMessage() on a closed bus');
-    checkAction(action);
+    const again = action === this.lastAction;
+    if (!again) checkAction(action);
     const targets = this.targetsOf(to);
     const { body, flags } = this.codec.encode(data);
-    let head = flags === 0 ? this.messageHeads.get(action) : undefined;
+    let head = flags !== 0 ? undefined : again ? this.lastHead : this.messageHeads.get(action);
     if (!head) {
       head = makeHead(FrameKind.MESSAGE, flags, 0, action);
       if (flags === 0 && this.messageHeads.size < HEAD_CACHE_LIMIT) this.messageHeads.set(action, head);
+    }
+    if (flags === 0) {
+      this.lastAction = action;
+      this.lastHead = head;
     }
     this.deliver(targets, head, body);
     return targets.length;
@@ -285,12 +298,22 @@ export class Bus {
    */
   private belowQueueLimit(id: MemberId, size: number): boolean {
     if (id === this.id) return false;
-    const seen = this.queuedSeen.get(id);
+    const seen = this.seenOf(id);
     return seen !== undefined && seen.queued + (this.handedBytes - seen.at) + size <= this.options.maxQueueBytes;
   }
 
-  private sawQueued(id: MemberId, queued: number): void {
+  private seenOf(id: MemberId): { queued: number; at: number } | undefined {
+    if (id === this.lastSeenId) return this.lastSeen;
     const seen = this.queuedSeen.get(id);
+    if (seen !== undefined) {
+      this.lastSeenId = id;
+      this.lastSeen = seen;
+    }
+    return seen;
+  }
+
+  private sawQueued(id: MemberId, queued: number): void {
+    const seen = this.seenOf(id);
     if (seen === undefined) this.queuedSeen.set(id, { queued, at: this.handedBytes });
     else {
       seen.queued = queued;
@@ -477,11 +500,14 @@ export class Bus {
   }
 
   private counter(id: MemberId): PeerCounters {
+    if (id === this.lastCounterId) return this.lastCounter!;
     let c = this.counters.get(id);
     if (!c) {
       c = newStats();
       this.counters.set(id, c);
     }
+    this.lastCounterId = id;
+    this.lastCounter = c;
     return c;
   }
 
@@ -499,6 +525,8 @@ export class Bus {
     debug('peer %s left', id);
     this.counters.delete(id);
     this.queuedSeen.delete(id);
+    if (this.lastCounterId === id) this.lastCounterId = this.lastCounter = undefined;
+    if (this.lastSeenId === id) this.lastSeenId = this.lastSeen = undefined;
     for (const [requestId, entry] of this.pending) {
       if (entry.to === id) this.settle(requestId, new ShmbusError('ERR_SHMBUS_PEER_GONE', `member ${show(id)} left before answering`));
     }

@@ -146,6 +146,11 @@ export class ShmTransport implements Transport {
   private readonly idBySlot = new Map<number, MemberId>();
   /** Keyed by the id itself (a number id and its string are different members' ids). */
   private readonly slotById = new Map<MemberId, number>();
+  /** The last pair looked up in each map (cleared when a link comes or goes): frames in a row mostly go to, or come from, one member. */
+  private lastTo: MemberId | undefined;
+  private lastToSlot = 0;
+  private lastFromSlot = -1;
+  private lastFrom: MemberId | undefined;
   private readonly reapTimers = new Set<NodeJS.Timeout>();
   private refed = true;
   private closed = false;
@@ -235,6 +240,7 @@ export class ShmTransport implements Transport {
     if (openTransports.delete(this) && openTransports.size === 0) process.off('exit', closeAllAtExit);
     this.idBySlot.clear();
     this.slotById.clear();
+    this.forgetLast();
     this.onReady?.();
   }
 
@@ -262,7 +268,7 @@ export class ShmTransport implements Transport {
     const meta = this.stageMeta;
     let n = this.stageFrames;
     for (const to of targets) {
-      const slot = this.slotById.get(to);
+      const slot = this.slotOf(to);
       if (slot === undefined) continue;
       meta[3 * n] = slot;
       meta[3 * n + 1] = at;
@@ -278,6 +284,16 @@ export class ShmTransport implements Transport {
       this.flushQueued = true;
       queueMicrotask(this.flushLater);
     }
+  }
+
+  private slotOf(to: MemberId): number | undefined {
+    if (to === this.lastTo) return this.lastToSlot;
+    const slot = this.slotById.get(to);
+    if (slot !== undefined) {
+      this.lastTo = to;
+      this.lastToSlot = slot;
+    }
+    return slot;
   }
 
   /** Hands the batched frames to the addon. */
@@ -323,7 +339,12 @@ export class ShmTransport implements Transport {
             this.batch = extras![a] as Buffer;
             break;
           case ev.FRAME: {
-            const from = this.idBySlot.get(slot);
+            let from = this.lastFrom;
+            if (slot !== this.lastFromSlot) {
+              from = this.idBySlot.get(slot);
+              this.lastFromSlot = slot;
+              this.lastFrom = from;
+            }
             if (from === undefined) break;
             if (host.frameIn) host.frameIn(from, this.batch!, a, a + b);
             else host.frame(from, this.batch!.subarray(a, a + b));
@@ -337,6 +358,7 @@ export class ShmTransport implements Transport {
           case ev.UP: {
             const name = extras![a] as string;
             const id = parseId(name);
+            this.forgetLast();
             this.idBySlot.set(slot, id);
             this.slotById.set(id, slot);
             host.join(id);
@@ -345,6 +367,7 @@ export class ShmTransport implements Transport {
           case ev.DOWN: {
             const name = extras![a] as string;
             const id = this.idBySlot.get(slot);
+            this.forgetLast();
             this.idBySlot.delete(slot);
             if (id !== undefined && this.slotById.get(id) === slot) {
               this.slotById.delete(id);
@@ -368,6 +391,11 @@ export class ShmTransport implements Transport {
       }
     }
     if (thrown !== undefined) throw thrown;
+  }
+
+  private forgetLast(): void {
+    this.lastTo = this.lastFrom = undefined;
+    this.lastFromSlot = -1;
   }
 
   /** Removes a dead member's socket file once its lock is free (it may lag its sockets). */
