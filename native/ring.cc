@@ -249,12 +249,7 @@ void RingProducer::want_space() {
   // Still set from an earlier call: the consumer has not taken it yet, so it will, after its
   // next head store (it clears the flag only when it takes it).
   if (load_sc(&hdr_->producer_waiting) != 0) return;
-  if (light_) {
-    __atomic_store_n(&hdr_->producer_waiting, 1u, __ATOMIC_RELAXED);
-    ring_heavy_barrier();
-  } else {
-    store_sc(&hdr_->producer_waiting, 1u);
-  }
+  store_sc(&hdr_->producer_waiting, 1u);
 }
 
 // ---- consumer ---------------------------------------------------------------------------------
@@ -284,15 +279,14 @@ void RingConsumer::set_waiting(bool on) {
 }
 
 bool RingConsumer::take_producer_waiting() {
-  // Light mode: ordered after our head store by the waiting producer's ring_heavy_barrier().
-  if ((light_ ? load_relaxed(&hdr_->producer_waiting) : load_sc(&hdr_->producer_waiting)) == 0) return false;
+  if (load_sc(&hdr_->producer_waiting) == 0) return false;
   return __atomic_exchange_n(&hdr_->producer_waiting, 0u, __ATOMIC_SEQ_CST) != 0;
 }
 
-void RingConsumer::store_head() {
-  if (light_) store_release(&hdr_->head, head_);
-  else store_sc(&hdr_->head, head_);
-}
+// Fenced in both modes: a head store comes once per drain, not per record, and a fenced one
+// spares the waiting producer a global barrier each time the ring fills (which interrupted the
+// consumer's copy on every lap of a stream of large messages).
+void RingConsumer::store_head() { store_sc(&hdr_->head, head_); }
 
 RingConsumer::Status RingConsumer::drain(FrameSink& sink, size_t max_bytes, size_t* got) {
   *got = 0;

@@ -19,12 +19,14 @@
 // barrier between its store and its load, or both can miss the other's store and the wake-up is
 // lost. In plain mode each side fences on every commit and every head store: on x86 a locked
 // instruction that waits for the store to reach the other core, on every message. In light
-// mode (both processes registered for membarrier(2), see ring_light_barriers()) only the rare
-// side fences: the consumer that parks, and the producer that asks for space, issue
-// ring_heavy_barrier(), which runs a full barrier on every thread of the other process that is
-// running at that moment (a thread that is not running passes one when it is switched in). The
-// common side's store and load are then ordered by that barrier: either its load came after it
-// and sees the flag, or its store came before it and the parking side sees the data.
+// mode (both processes registered for membarrier(2), see ring_light_barriers()) the producer's
+// commit does not fence: the consumer that parks issues ring_heavy_barrier(), which runs a full
+// barrier on every thread of the other process that is running at that moment (a thread that
+// is not running passes one when it is switched in). The producer's store and load are then
+// ordered by that barrier: either its load came after it and sees the flag, or its store came
+// before it and the parking consumer sees the data. The head side stays fenced in both modes:
+// the consumer stores head once per drain, not per record, while a producer waiting for space
+// asks again on every lap of the ring (a global barrier each time cost more than it saved).
 #pragma once
 
 #include <cstddef>
