@@ -187,6 +187,25 @@ describe('shm transport', async () => {
     assert.deepEqual(listDevShm(), shmBefore, 'nothing left in /dev/shm');
   });
 
+  test('messages that fit in the ring, sent just before process.exit(), all arrive in order', async (t) => {
+    if (!(await shmWorks())) return t.skip('the shm transport does not run here');
+    const name = busName();
+    const bus = await openShm(name, 'taker');
+    t.after(() => bus.close());
+    const got = [];
+    bus.on('burst', (data) => got.push(data));
+    for (const [count, code] of [[200, 0], [3, 7]]) {
+      got.length = 0;
+      const sender = await joined(name, 'sender');
+      const left = nextEvent(bus, 'peer:leave');
+      bus.sendMessage('burstExit', { count, code }, 'sender');
+      assert.equal((await sender.exited).code, code);
+      assert.equal(await left, 'sender');
+      assert.deepEqual(got.map((d) => d.seq), [...Array(count).keys()], `all ${count} messages, in order`);
+      assert.ok(got.every((d) => (d.seq % 50 === 49) === (d.big?.length === 5000)), 'each with its body');
+    }
+  });
+
   test("a dead member's stale socket is taken over; a live member's id is refused", async (t) => {
     if (!(await shmWorks())) return t.skip('the shm transport does not run here');
     const name = busName();
