@@ -12,8 +12,8 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
-import { EXIT_UNAVAILABLE, benchNodeArgs, type BenchCodec, type BenchTransport, type DriverLine, type MemberConfig } from './member';
-import { CPU_PER_MB_FROM, fmtBytes, fmtCpuCost, fmtNum, fmtUs, type Machine, type Result } from './format';
+import { EXIT_UNAVAILABLE, benchNodeArgs, type BenchCodec, type BenchTransport, type BenchVia, type DriverLine, type MemberConfig } from './member';
+import { CPU_PER_MB_FROM, fmtBytes, fmtCpuCost, fmtNum, fmtUs, rowName, type Machine, type Result } from './format';
 import { renderSvg } from './svg';
 
 export type { Machine, Result };
@@ -26,6 +26,10 @@ const REFERENCES = new Set<BenchTransport>(['ipc', 'uds', 'natsraw']);
 const FLOOR = 'floor';
 /** Run before the others, so that every later progress line can carry its ratios. */
 const runsFirst = (t: BenchTransport): boolean => REFERENCES.has(t) || t === FLOOR;
+/** hybrid is measured on each of its paths: a pair of one host (shm), and a pair of two (nats). */
+const HYBRID_VIAS: readonly BenchVia[] = ['shm', 'nats'];
+/** The transport each hybrid path is measured against: the one that path is. */
+const VIA_REF: Record<BenchVia, BenchTransport> = { shm: 'shm', nats: 'nats' };
 const MAX_PAYLOAD = 64 * 2 ** 20 - 4096;
 
 export interface BenchOptions {
@@ -55,7 +59,12 @@ respected and every message checked (messages/s, MB/s), and the CPU time both pr
   --transports LIST  shm, process, nats, hybrid, ipc, uds, natsraw, floor (default
                        shm,process,ipc,uds, and nats when a NATS server answers on 127.0.0.1:4222)
                        shm, process, nats, hybrid: shmbus transports (public API, sendMessage);
-                       hybrid here: two members of one host, so through its shm links
+                       hybrid: two pairs, rows hybrid/shm (both members in one bus
+                       directory, as on one host: its shm links) and hybrid/nats (each in a
+                       bus directory of its own, as on two hosts: through NATS); each pair
+                       is checked to take that path; hybrid/shm rows get their ratio to
+                       shm, hybrid/nats rows to nats. In --json, hybrid rows carry
+                       via: 'shm' or 'nats'
                        ipc: child.send()/process.send() on Node's default JSON channel (codec json)
                        uds: a node:net Unix socket, 4-byte length-prefixed frames (codec raw)
                        natsraw: the NATS client itself on 127.0.0.1:4222 (codec raw): round
@@ -197,6 +206,7 @@ function toResult(line: Extract<DriverLine, { type: 'result' }>): Result {
   const msgsPerS = line.msgs / line.seconds;
   return {
     transport: line.transport,
+    ...(line.via !== undefined ? { via: line.via } : {}),
     codec: line.codec,
     payload: line.payload,
     rtt_us: { p50: us(line.rtt_ns.p50), p99: us(line.rtt_ns.p99), p999: us(line.rtt_ns.p999), max: us(line.rtt_ns.max) },
@@ -259,7 +269,7 @@ function runPair(cfg: MemberConfig, onResult: (r: Result) => void, onNotMeasured
   });
 }
 
-const label = (r: { transport: string; codec: string; payload: number }): string => `${r.transport}/${r.codec}/${r.payload}`;
+const label = (r: { transport: BenchTransport; via?: BenchVia; codec: string; payload: number }): string => `${rowName(r)}/${r.codec}/${r.payload}`;
 
 /** "3.1x faster than ipc", "1.4x slower than uds", "about as fast as uds" (x: how many times better r is than the reference). */
 function fmtRatio(x: number, ref: string): string {
@@ -299,9 +309,17 @@ function floorRatio(results: readonly Result[], r: Result, pick: (x: Result) => 
   return r.transport === 'shm' ? refRatios(results, r, [FLOOR], pick, lowerIsBetter) : '';
 }
 
+/** A hybrid row against the transport its path is, at r's codec and payload ('' for others, or with that one not measured). */
+function viaRatio(results: readonly Result[], r: Result, pick: (x: Result) => number, lowerIsBetter: boolean): string {
+  if (r.via === undefined) return '';
+  const ref = VIA_REF[r.via];
+  const b = results.find((x) => x.transport === ref && x.codec === r.codec && x.payload === r.payload);
+  return b ? fmtRatio(lowerIsBetter ? pick(b) / pick(r) : pick(r) / pick(b), ref) : '';
+}
+
 export function progressLine(results: readonly Result[], r: Result): string {
   const both = (pick: (x: Result) => number, lowerIsBetter: boolean): string =>
-    [ratios(results, r, pick, lowerIsBetter), floorRatio(results, r, pick, lowerIsBetter)].filter(Boolean).join(', ');
+    [ratios(results, r, pick, lowerIsBetter), floorRatio(results, r, pick, lowerIsBetter), viaRatio(results, r, pick, lowerIsBetter)].filter(Boolean).join(', ');
   const rtt = both((x) => x.rtt_us.p50, true);
   const tp = both((x) => x.msgs_per_s, false);
   return `${label(r)}: p50 ${fmtUs(r.rtt_us.p50)}${rtt ? ` (${rtt})` : ''}, p99 ${fmtUs(r.rtt_us.p99)}; ` +
@@ -312,7 +330,7 @@ type Ratios = (r: Result, pick: (x: Result) => number, lowerIsBetter: boolean) =
 
 /** One line per row: its round trip and messages/s against references, in words. */
 function againstLines(rows: readonly Result[], ratiosOf: Ratios): string[] {
-  const name = (r: Result): string => `${r.transport} ${r.codec} ${fmtBytes(r.payload)}`;
+  const name = (r: Result): string => `${rowName(r)} ${r.codec} ${fmtBytes(r.payload)}`;
   const w = Math.max(...rows.map((r) => name(r).length));
   return rows.map((r) => {
     const rtt = ratiosOf(r, (x) => x.rtt_us.p50, true);
@@ -325,7 +343,7 @@ export function renderTable(results: readonly Result[], m: Machine, o: BenchOpti
   const rows: string[][] = [['transport', 'codec', 'payload', 'p50', 'p99', 'p99.9', 'max', 'msgs/s', 'MB/s', 'cpu ms', 'cpu cost']];
   for (const r of results) {
     rows.push([
-      r.transport,
+      rowName(r),
       r.codec,
       fmtBytes(r.payload),
       fmtUs(r.rtt_us.p50),
@@ -338,7 +356,7 @@ export function renderTable(results: readonly Result[], m: Machine, o: BenchOpti
       fmtCpuCost(r),
     ]);
   }
-  for (const n of notMeasured) rows.push([n.transport, n.codec, fmtBytes(n.payload), 'n/a', '', '', '', 'n/a', 'n/a', '', '']);
+  for (const n of notMeasured) rows.push([rowName(n), n.codec, fmtBytes(n.payload), 'n/a', '', '', '', 'n/a', 'n/a', '', '']);
   const widths = rows[0].map((_, c) => Math.max(...rows.map((row) => row[c].length)));
   const text = rows.map((row) => row.map((cell, c) => (c < 3 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join('  ').trimEnd());
   const out = [
@@ -351,7 +369,7 @@ export function renderTable(results: readonly Result[], m: Machine, o: BenchOpti
     '',
     text[0],
     ...text.slice(1),
-    ...notMeasured.map((n) => `n/a: ${n.transport} ${fmtBytes(n.payload)}: ${n.reason}`),
+    ...notMeasured.map((n) => `n/a: ${rowName(n)} ${fmtBytes(n.payload)}: ${n.reason}`),
   ];
   const measured = results.filter((r) => !REFERENCES.has(r.transport) && r.transport !== FLOOR);
   if (measured.length > 0 && results.some((r) => REFERENCES.has(r.transport))) {
@@ -363,6 +381,11 @@ export function renderTable(results: readonly Result[], m: Machine, o: BenchOpti
   if (shm.length > 0) {
     out.push('', 'Against its floor (floor: the same rings driven from native code alone, busy-polling), at the same payload:');
     out.push(...againstLines(shm, (r, pick, lower) => floorRatio(results, r, pick, lower)));
+  }
+  const hybrid = results.filter((r) => viaRatio(results, r, (x) => x.msgs_per_s, false) !== '');
+  if (hybrid.length > 0) {
+    out.push('', 'Against the transport of its path (hybrid/shm: shm; hybrid/nats: nats), at the same codec and payload:');
+    out.push(...againstLines(hybrid, (r, pick, lower) => viaRatio(results, r, pick, lower)));
   }
   return out.join('\n') + '\n';
 }
@@ -392,7 +415,10 @@ export async function runBench(o: BenchOptions): Promise<number> {
   const warmupMs = Math.round(Math.min(1000, Math.max(100, o.duration * 250)));
   const phaseMs = Math.round(o.duration * 1000);
   const order = [...o.transports].sort((a, b) => Number(runsFirst(b)) - Number(runsFirst(a)));
-  const plan = order.flatMap((t) => codecsOf(t, o.codecs).map((codec) => ({ transport: t, codec })));
+  type Step = { transport: BenchTransport; codec: BenchCodec; via?: BenchVia };
+  const plan = order.flatMap((t) =>
+    codecsOf(t, o.codecs).flatMap((codec): Step[] => (t === 'hybrid' ? HYBRID_VIAS.map((via) => ({ transport: t, codec, via })) : [{ transport: t, codec }])),
+  );
   const total = plan.length * o.payloads.length;
   const load = os.loadavg()[0];
   o.loadAtStart = load;
@@ -403,9 +429,10 @@ export async function runBench(o: BenchOptions): Promise<number> {
   let failed = false;
   let done = 0;
   const skipped = new Map<BenchTransport, string>();
-  for (const { transport, codec } of plan) {
+  for (const { transport, codec, via } of plan) {
     if (skipped.has(transport)) continue;
-    process.stderr.write(`${transport}/${codec}: starting\n`);
+    const name = rowName({ transport, via });
+    process.stderr.write(`${name}/${codec}: starting\n`);
     const cfg: MemberConfig = {
       transport,
       codec,
@@ -413,8 +440,9 @@ export async function runBench(o: BenchOptions): Promise<number> {
       warmupMs,
       rttMs: phaseMs,
       tpMs: phaseMs,
-      bus: `bench-${stamp}-${transport}-${codec}`,
+      bus: `bench-${stamp}-${transport}-${codec}${via !== undefined ? `-${via}` : ''}`,
     };
+    if (via !== undefined) cfg.via = via;
     if (o.spinUs !== undefined) cfg.spinUs = o.spinUs;
     const outcome = await runPair(cfg, (r) => {
       results.push(r);
@@ -430,12 +458,13 @@ export async function runBench(o: BenchOptions): Promise<number> {
       skipped.set(transport, outcome.reason);
       if (o.transportsGiven) failed = true;
     } else if (outcome.status === 'failed') {
-      process.stderr.write(`${transport}/${codec}: FAILED: ${outcome.reason}\n`);
+      process.stderr.write(`${name}/${codec}: FAILED: ${outcome.reason}\n`);
       failed = true;
     }
   }
   // Report in the order the user asked for.
-  const rank = (r: Result): number => o.transports.indexOf(r.transport) * 1e12 + o.codecs.indexOf(r.codec) * 1e10 + r.payload;
+  const rank = (r: Result): number =>
+    o.transports.indexOf(r.transport) * 1e12 + (r.via === undefined ? 0 : HYBRID_VIAS.indexOf(r.via)) * 1e11 + o.codecs.indexOf(r.codec) * 1e10 + r.payload;
   results.sort((a, b) => rank(a) - rank(b));
   if (o.svg) {
     fs.writeFileSync(o.svg, renderSvg(results, m, o));

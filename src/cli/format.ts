@@ -2,10 +2,12 @@
  * What a bench run measured and how numbers are written, shared by the table (bench.ts) and the
  * charts (svg.ts).
  */
-import type { BenchCodec, BenchTransport } from './member';
+import type { BenchCodec, BenchTransport, BenchVia } from './member';
 
 export interface Result {
   transport: BenchTransport;
+  /** hybrid only: the path its pair took, shm (one bus directory) or nats (one each, as on two hosts). */
+  via?: BenchVia;
   codec: BenchCodec;
   payload: number;
   rtt_us: { p50: number; p99: number; p999: number; max: number };
@@ -17,6 +19,11 @@ export interface Result {
    * phase; per message and per MB (10^6 payload bytes) in the throughput phase.
    */
   cpu_us: { per_round_trip: number; per_msg: number; per_mb: number };
+}
+
+/** What a row measured, as the table names it: the transport, and for hybrid its path ('hybrid/nats'). */
+export function rowName(r: { transport: BenchTransport; via?: BenchVia }): string {
+  return r.via === undefined ? r.transport : `${r.transport}/${r.via}`;
 }
 
 /** From this payload on, the table gives CPU per MB rather than per message. */

@@ -8,6 +8,8 @@
  *   node member.js peer '<config json>'
  *
  * shm, nats: B is spawned with stdio pipes and no IPC channel; both open the bus.
+ * hybrid:    as shm; via 'shm' both in one bus directory, via 'nats' each in one of its own
+ *            (as on two hosts), and the driver checks that the pair took that path.
  * process:   A opens the bus (it is the hub) and forks B, which joins through its IPC channel.
  * ipc:       A forks B; strings go through child.send() / process.send() on the JSON channel.
  * uds:       A listens on a Unix socket, spawns B, which connects.
@@ -25,6 +27,8 @@ import { BusLink, IpcLink, NatsRawLink, UdsLink, SENT, NOT_SENT, type Ctl, type 
 
 export type BenchTransport = 'shm' | 'process' | 'nats' | 'hybrid' | 'ipc' | 'uds' | 'natsraw' | 'floor';
 export type BenchCodec = 'raw' | 'v8' | 'json';
+/** The path a hybrid pair is made to take. */
+export type BenchVia = 'shm' | 'nats';
 
 export interface MemberConfig {
   transport: BenchTransport;
@@ -36,13 +40,15 @@ export interface MemberConfig {
   spinUs?: number;
   bus: string;
   sock?: string;
-  /** floor: the bus directory the driver made. */
+  /** floor: the bus directory the driver made; hybrid via 'nats': the root of each member's own. */
   dir?: string;
+  /** hybrid: the path the pair must take. */
+  via?: BenchVia;
 }
 
 /** What the driver prints, one JSON line each, on stdout. */
 export type DriverLine =
-  | { type: 'result'; transport: BenchTransport; codec: BenchCodec; payload: number; rtt_ns: { p50: number; p99: number; p999: number; max: number; count: number }; msgs: number; seconds: number; cpu_ms: number; rtt_cpu_ms: number; tp_cpu_ms: number }
+  | { type: 'result'; transport: BenchTransport; via?: BenchVia; codec: BenchCodec; payload: number; rtt_ns: { p50: number; p99: number; p999: number; max: number; count: number }; msgs: number; seconds: number; cpu_ms: number; rtt_cpu_ms: number; tp_cpu_ms: number }
   | { type: 'unavailable'; reason: string }
   /** A payload the transport can't carry (natsraw: over the server's max_payload): not measured. */
   | { type: 'na'; transport: BenchTransport; codec: BenchCodec; payload: number; reason: string }
@@ -76,6 +82,8 @@ async function openBus(cfg: MemberConfig, id: number): Promise<import('../bus').
   const { open } = require('../index') as typeof import('../index');
   const options: import('../options').OpenOptions = { name: cfg.bus, transport: cfg.transport as 'shm' | 'process' | 'nats' | 'hybrid', codec: cfg.codec, id };
   if ((cfg.transport === 'shm' || cfg.transport === 'hybrid') && cfg.spinUs !== undefined) options.shm = { spinUs: cfg.spinUs };
+  // Each member of a hybrid pair via nats in a bus directory of its own: two hosts, to hybrid.
+  if (cfg.transport === 'hybrid' && cfg.via === 'nats') options.shm = { ...options.shm, dir: path.join(cfg.dir!, `host${id}`) };
   return open(options);
 }
 
@@ -110,6 +118,11 @@ async function driverLink(cfg: MemberConfig, state: { done: boolean }): Promise<
     case 'shm':
     case 'nats':
     case 'hybrid': {
+      if (cfg.via === 'nats') {
+        const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'shmbus-bench-hosts-'));
+        process.on('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
+        cfg = { ...cfg, dir };
+      }
       let bus;
       try {
         bus = await openBus(cfg, 0);
@@ -120,6 +133,8 @@ async function driverLink(cfg: MemberConfig, state: { done: boolean }): Promise<
       const child = spawn(process.execPath, [...benchNodeArgs(), ...peerArgs(cfg)], { stdio: ['pipe', 'pipe', 'inherit'] });
       watchPeer(child, state);
       await bus.waitFor(1, { timeout: 20_000 });
+      const via = bus.stats().peers['1']?.via;
+      if (cfg.via !== undefined && via !== cfg.via) throw new BenchFailure(`the ${cfg.transport} pair was to link via ${cfg.via}, but it links via ${via}`);
       return { link: new BusLink(bus, 1, cfg.codec), child };
     }
     case 'process': {
@@ -450,6 +465,7 @@ async function driver(cfg: MemberConfig): Promise<void> {
     out({
       type: 'result',
       transport: cfg.transport,
+      ...(cfg.via !== undefined ? { via: cfg.via } : {}),
       codec: cfg.codec,
       payload: size,
       rtt_ns: { p50: hist.percentile(50), p99: hist.percentile(99), p999: hist.percentile(99.9), max: hist.max, count: hist.count },

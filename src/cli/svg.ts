@@ -2,7 +2,7 @@
  * Bar charts of a bench run as a standalone SVG, written by hand (no dependency): p50 round trip,
  * messages/s and MB/s, one group of bars per payload size, one bar per transport/codec, log scale.
  */
-import { fmtBytes, fmtNum, type Machine, type Result } from './format';
+import { fmtBytes, fmtNum, rowName, type Machine, type Result } from './format';
 
 const COLORS: Record<string, string[]> = {
   shm: ['#1f6feb', '#5a9cf8', '#9cc3fb'],
@@ -23,7 +23,7 @@ interface Panel {
 export function renderSvg(results: readonly Result[], m: Machine, o: { duration: number }): string {
   const series: string[] = [];
   for (const r of results) {
-    const key = `${r.transport}/${r.codec}`;
+    const key = `${rowName(r)}/${r.codec}`;
     if (!series.includes(key)) series.push(key);
   }
   const payloads = [...new Set(results.map((r) => r.payload))].sort((a, b) => a - b);
@@ -70,7 +70,7 @@ export function renderSvg(results: readonly Result[], m: Machine, o: { duration:
     payloads.forEach((payload, g) => {
       const gx = left + 10 + g * groupW;
       series.forEach((key, s) => {
-        const r = results.find((x) => `${x.transport}/${x.codec}` === key && x.payload === payload);
+        const r = results.find((x) => `${rowName(x)}/${x.codec}` === key && x.payload === payload);
         if (!r) return;
         const v = panel.value(r);
         if (!(v > 0)) return;

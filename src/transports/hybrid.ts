@@ -65,6 +65,8 @@ interface Member {
   /** It was reported via shm and its link went down: its NATS presence is of that old life. */
   gone: boolean;
   early?: Array<[Path, Buffer]>;
+  /** Reported, and frames of its path that wait for a later turn (see report()). */
+  held?: Buffer[];
   timer?: NodeJS.Timeout;
 }
 
@@ -236,18 +238,30 @@ class HybridTransport implements Transport {
     m.timer = undefined;
     m.via = via;
     debug('hybrid %s: %s joined via %s', this.ctx.busName, id, via);
-    this.ctx.host.join(id);
-    const early = m.early;
+    const early = m.early?.filter(([path]) => path === via).map(([, frame]) => frame);
     m.early = undefined;
-    for (const [path, frame] of early ?? []) {
-      if (path === via && m.via === via) this.ctx.host.frame(id, frame);
-    }
+    this.ctx.host.join(id);
+    // What came before the join is delivered on a later turn, as a transport does with frames
+    // read together with a join (so that a listener added once waitFor() resolves sees them);
+    // frames on its path wait behind them.
+    if (early === undefined || early.length === 0) return;
+    m.held = early;
+    setImmediate(() => {
+      const held = m.held;
+      m.held = undefined;
+      if (this.closed || this.members.get(id) !== m || m.via !== via) return;
+      for (const frame of held ?? []) this.ctx.host.frame(id, frame);
+    });
   }
 
   private frame(path: Path, from: MemberId, frame: Buffer): void {
     const m = this.members.get(from);
     if (!m || this.closed) return;
-    if (m.via === path) return this.ctx.host.frame(from, frame);
+    if (m.via === path) {
+      if (m.held) m.held.push(frame);
+      else this.ctx.host.frame(from, frame);
+      return;
+    }
     // The NATS copy of a broadcast from a member of this directory: it came through the rings.
     if (m.via !== undefined || (path === 'nats' && m.key === this.key)) return;
     m.early ??= [];
@@ -269,6 +283,7 @@ class HybridTransport implements Transport {
     }
     if (m.via === path) {
       m.via = undefined;
+      m.held = undefined;
       // Its NATS presence may outlive it (kill -9) until the nats transport hears of its end.
       m.gone = path === 'shm' && m.onNats;
       debug('hybrid %s: %s left (its %s link)', this.ctx.busName, id, path);
