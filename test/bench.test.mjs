@@ -107,6 +107,34 @@ test('bench --transports natsraw: the NATS client itself, as rows of their own; 
   assert.match(reason, new RegExp(`max_payload \\(${max} bytes\\)`));
 });
 
+test('bench --transports hybrid: a pair of one host (hybrid/shm) and a pair of two (hybrid/nats), each checked to take its path', async (t) => {
+  if (!(await shmWorks())) return t.skip('the shm transport does not run here, and hybrid needs it');
+  if ((await natsMaxPayload()) === undefined) return t.skip('no NATS server answers on 127.0.0.1:4222');
+  const r = shmbus(['bench', '--json', '--quick', '--transports', 'shm,nats,hybrid', '--codecs', 'raw', '--payloads', '64,65536']);
+  assert.equal(r.status, 0, `exit ${r.status} ${r.signal ?? ''}\n${r.stderr}`);
+  assert.match(r.stderr, /^\[\d+\/\d+\] hybrid\/nats\/raw\/64: /m);
+  const out = JSON.parse(r.stdout);
+  const name = (x) => `${x.transport}${x.via ? `/${x.via}` : ''}/${x.codec}/${x.payload}`;
+  assert.deepEqual(out.results.map(name), ['shm/raw/64', 'shm/raw/65536', 'nats/raw/64', 'nats/raw/65536', 'hybrid/shm/raw/64', 'hybrid/shm/raw/65536', 'hybrid/nats/raw/64', 'hybrid/nats/raw/65536']);
+  for (const x of out.results) {
+    const keys = ['codec', 'cpu_ms', 'cpu_us', 'mb_per_s', 'msgs_per_s', 'payload', 'rtt_us', 'transport'];
+    assert.deepEqual(Object.keys(x).sort(), x.transport === 'hybrid' ? [...keys, 'via'].sort() : keys, JSON.stringify(x));
+    for (const v of [...Object.values(x.rtt_us), x.msgs_per_s, x.mb_per_s, x.cpu_ms]) assert.ok(Number.isFinite(v) && v > 0, JSON.stringify(x));
+  }
+
+  const table = shmbus(['bench', '--quick', '--transports', 'shm,nats,hybrid', '--codecs', 'raw', '--payloads', '64']);
+  assert.equal(table.status, 0, `exit ${table.status} ${table.signal ?? ''}\n${table.stderr}`);
+  assert.match(table.stdout, /^hybrid\/shm\s+raw\s+64 B\s+\d/m);
+  assert.match(table.stdout, /^hybrid\/nats\s+raw\s+64 B\s+\d/m);
+  const lines = table.stdout.split('\n');
+  const at = lines.findIndex((l) => l.startsWith('Against the transport of its path'));
+  assert.ok(at > 0, table.stdout);
+  const ratio = '(\\d+(\\.\\d)?x (faster|slower) than|about as fast as)';
+  assert.match(lines[at + 1], new RegExp(`^  hybrid/shm raw 64 B\\s+round trip ${ratio} shm; messages/s ${ratio} shm$`));
+  assert.match(lines[at + 2], new RegExp(`^  hybrid/nats raw 64 B\\s+round trip ${ratio} nats; messages/s ${ratio} nats$`));
+  assert.equal(lines[at + 3], '');
+});
+
 test('bench writes an SVG chart and a table for people', () => {
   const svg = path.join(os.tmpdir(), `shmbus-bench-${process.pid}.svg`);
   try {
