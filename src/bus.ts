@@ -480,7 +480,10 @@ export class Bus {
   stats(): BusStats {
     const peers: Record<string, PeerStats> = {};
     for (const id of [this.id, ...this.peers()]) {
-      const via = id === this.id ? 'self' : (this.transportImpl.via?.(id) ?? (this.transport as LinkName));
+      const transport = this.transportImpl;
+      const via = id === this.id ? 'self' : transport.via ? transport.via(id) : (this.transport as LinkName);
+      // A member its transport no longer reaches (it left there, and the bus hears of it next).
+      if (via === undefined) continue;
       peers[String(id)] = { via, queuedBytes: this.queuedBytes(id), ...this.counter(id) };
     }
     return { id: this.id, transport: this.transport, codec: this.codec.name, peers };

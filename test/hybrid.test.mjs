@@ -237,6 +237,42 @@ describe('hybrid: two hosts, each its own bus directory', { skip, timeout: 240_0
     }
   });
 
+  test("the transport's via(): 'shm' or 'nats' for a member it reported; undefined for an unknown id, and for one that died (never 'nats')", { timeout: 60_000 }, async () => {
+    const { createHybridTransport } = await import('../dist/transports/hybrid.js');
+    const joined = new Set();
+    const left = new Set();
+    const host = { frame() {}, join: (id) => joined.add(id), leave: (id) => left.add(id), error() {}, writable() {} };
+    const options = { shm: { dir: hostDir('A') }, nats: { servers: ctx.url, ...NATS_OPTIONS } };
+    const transport = createHybridTransport({ busName: ctx.bus, id: 'direct', host, maxMessageSize: 2 ** 20, maxQueueBytes: 2 ** 20, options });
+    const until = async (what, ok) => {
+      const deadline = Date.now() + 15_000;
+      while (!ok() && Date.now() < deadline) await sleep(50);
+      assert.ok(ok(), what);
+    };
+    await transport.open();
+    const a9 = await member(ctx, 'a9', 'A');
+    const b9 = await member(ctx, 'b9', 'B');
+    try {
+      await until('a1, b1, a9 and b9 reported', () => ['a1', 'b1', 'a9', 'b9'].every((id) => joined.has(id) || transport.peers().includes(id)));
+      assert.deepEqual(['a1', 'a9', 'b1', 'b9'].map((id) => transport.via(id)), ['shm', 'shm', 'nats', 'nats']);
+      assert.equal(transport.via('nobody'), undefined);
+      assert.equal(transport.via(12345), undefined);
+      a9.kill();
+      b9.kill();
+      await until('a9 and b9 left', () => left.has('a9') && left.has('b9'));
+      assert.equal(transport.via('a9'), undefined);
+      assert.equal(transport.via('b9'), undefined);
+      assert.ok(!ctx.me.peers().includes('a9'));
+      assert.equal(ctx.me.stats().peers.a9, undefined);
+    } finally {
+      a9.kill();
+      b9.kill();
+      await transport.close();
+    }
+    await until('b9 gone at the tester too', () => !ctx.me.peers().includes('b9'));
+    assert.equal(ctx.me.stats().peers.b9, undefined);
+  });
+
   test("a member whose presence says it shares this host's bus directory but that never links through it: an 'error' event, never a member", async () => {
     // Another NATS client speaks for a 'ghost' with the tester's own locality key (read from the
     // tester's presence): a member of host A by its key, with no shm link to anyone.

@@ -92,6 +92,17 @@ class HybridTransport implements Transport {
   private readonly presence: { k?: string } = {};
   private key = '';
   private readonly members = new Map<MemberId, Member>();
+  /** The members reported via shm, and via nats: counts kept at report and leave. */
+  private localCount = 0;
+  private remoteCount = 0;
+  /** The members reported on each path, as target lists; each undefined until needed after a change. */
+  private listed: { shm?: readonly MemberId[]; nats?: readonly MemberId[] } = {};
+  /**
+   * What a frame for every remote member is handed to the nats transport as: every member it
+   * knows (its broadcast), or null where that can't be done now (see natsTargets()); undefined
+   * until needed after a change.
+   */
+  private natsAll?: readonly MemberId[] | null;
   private closed = false;
 
   constructor(ctx: TransportContext) {
@@ -113,6 +124,7 @@ class HybridTransport implements Transport {
     debug('hybrid %s: locality key %s', this.ctx.busName, this.key);
     await this.nats.open();
     for (const id of this.nats.peers()) this.member(id).onNats = true;
+    this.changed();
     for (const id of [...this.members.keys()]) this.settle(id);
   }
 
@@ -130,31 +142,68 @@ class HybridTransport implements Transport {
     return out;
   }
 
-  via(to: MemberId): LinkName {
-    return this.members.get(to)?.via ?? 'nats';
+  /** The path to a reported member; undefined for any other id (unknown, gone, or not placed yet). */
+  via(to: MemberId): LinkName | undefined {
+    return this.members.get(to)?.via;
   }
 
   send(targets: readonly MemberId[], head: Uint8Array, body: Uint8Array): void {
-    const local: MemberId[] = [];
-    const remote: MemberId[] = [];
-    for (const id of targets) (this.members.get(id)?.via === 'shm' ? local : remote).push(id);
+    const members = this.members;
+    if (targets.length === 1) {
+      if (members.get(targets[0])?.via === 'shm') this.shm.send(targets, head, body);
+      else this.nats.send(targets, head, body);
+      return;
+    }
+    let local = 0;
+    for (const id of targets) if (members.get(id)?.via === 'shm') local++;
+    const remote = targets.length - local;
     // NATS first: it is the one that may refuse (a closed connection), and then nobody got it.
-    if (remote.length > 0) this.nats.send(this.natsTargets(remote), head, body);
-    if (local.length > 0) this.shm.send(local, head, body);
+    if (local === 0) return this.nats.send(this.natsTargets(targets), head, body);
+    if (remote === 0) return this.shm.send(targets, head, body);
+    if (local === this.localCount && remote === this.remoteCount) {
+      // Every member: the lists are kept from one change to the next.
+      this.nats.send(this.natsTargets(undefined), head, body);
+      this.shm.send(this.reportedVia('shm'), head, body);
+      return;
+    }
+    const locals: MemberId[] = [];
+    const remotes: MemberId[] = [];
+    for (const id of targets) (members.get(id)?.via === 'shm' ? locals : remotes).push(id);
+    this.nats.send(this.natsTargets(remotes), head, body);
+    this.shm.send(locals, head, body);
   }
 
   /**
    * To every remote member (two or more), a frame goes as the nats transport's broadcast: one
    * publish, addressed to every member it knows (local members drop their copy). Only when every
    * member it knows has a known path, or key: one not placed yet might take the copy as its own.
+   * `remote`: the remote targets, or undefined for every remote member.
    */
-  private natsTargets(remote: MemberId[]): readonly MemberId[] {
-    if (remote.length < 2) return remote;
-    let remoteMembers = 0;
-    for (const m of this.members.values()) if (m.via === 'nats') remoteMembers++;
-    if (remote.length !== remoteMembers) return remote;
-    const all = this.nats.peers();
-    return all.every((id) => this.members.get(id)?.via !== undefined || this.members.get(id)?.key !== undefined) ? all : remote;
+  private natsTargets(remote: readonly MemberId[] | undefined): readonly MemberId[] {
+    if (this.remoteCount < 2) return remote ?? this.reportedVia('nats');
+    if (remote !== undefined && remote.length !== this.remoteCount) return remote;
+    if (this.natsAll === undefined) {
+      const all = this.nats.peers();
+      this.natsAll = all.length >= 2 && all.every((id) => this.members.get(id)?.via !== undefined || this.members.get(id)?.key !== undefined) ? all : null;
+    }
+    return this.natsAll ?? remote ?? this.reportedVia('nats');
+  }
+
+  /** The members reported via `path`, as a target list kept until the next change. */
+  private reportedVia(path: Path): readonly MemberId[] {
+    let list = this.listed[path];
+    if (list === undefined) {
+      const ids: MemberId[] = [];
+      for (const [id, m] of this.members) if (m.via === path) ids.push(id);
+      list = this.listed[path] = ids;
+    }
+    return list;
+  }
+
+  /** Whom a path reaches or the nats transport knows, or what is known of them, changed: the kept lists are stale. */
+  private changed(): void {
+    this.listed = {};
+    this.natsAll = undefined;
   }
 
   queuedBytes(to: MemberId): number {
@@ -187,6 +236,7 @@ class HybridTransport implements Transport {
         const m = this.member(id);
         if (path === 'shm') m.shmUp = true;
         else m.onNats = true;
+        this.changed();
         this.settle(id);
       },
       leave: (id) => this.leave(path, id),
@@ -211,6 +261,7 @@ class HybridTransport implements Transport {
     if (m.key !== undefined && m.key !== key && m.via !== undefined) {
       debug('hybrid %s: %s now says locality key %s (was %s); its path stays %s', this.ctx.busName, id, key, m.key, m.via);
     }
+    if (m.key !== key) this.changed();
     m.key = key;
     this.settle(id);
   }
@@ -237,6 +288,9 @@ class HybridTransport implements Transport {
     clearTimeout(m.timer);
     m.timer = undefined;
     m.via = via;
+    if (via === 'shm') this.localCount++;
+    else this.remoteCount++;
+    this.changed();
     debug('hybrid %s: %s joined via %s', this.ctx.busName, id, via);
     const early = m.early?.filter(([path]) => path === via).map(([, frame]) => frame);
     m.early = undefined;
@@ -281,8 +335,11 @@ class HybridTransport implements Transport {
       m.gone = false;
       m.early = m.early?.filter(([p]) => p !== 'nats');
     }
+    this.changed();
     if (m.via === path) {
       m.via = undefined;
+      if (path === 'shm') this.localCount--;
+      else this.remoteCount--;
       m.held = undefined;
       // Its NATS presence may outlive it (kill -9) until the nats transport hears of its end.
       m.gone = path === 'shm' && m.onNats;

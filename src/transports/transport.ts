@@ -84,8 +84,8 @@ export interface Transport {
   /** Bytes accepted for `to` and not yet taken by it (0 for a non-member). */
   queuedBytes(to: MemberId): number;
 
-  /** Optional: how this member reaches member `to` (without it: the transport's own name). */
-  via?(to: MemberId): LinkName;
+  /** Optional: how this member reaches member `to`, undefined if it is not a member (without it: the transport's own name). */
+  via?(to: MemberId): LinkName | undefined;
 
   /**
    * Optional: the bus now has `count` requests to member `to` waiting for an answer. Called when
