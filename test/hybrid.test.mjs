@@ -193,6 +193,64 @@ describe('hybrid: two hosts, each its own bus directory', { skip, timeout: 240_0
     }
   });
 
+  test("members on transport shm and hybrid members of one host refuse each other by name on both sides, whichever comes first; each transport's members go on", { timeout: 60_000 }, async () => {
+    const refusal = (id, theirs, mine) => new RegExp(`^member "${id}" of bus "\\S+" uses the "${theirs}" transport, this one "${mine}": members of one bus use one transport, so it is not counted as a member`);
+    const until = async (what, ok) => {
+      const deadline = Date.now() + 10_000;
+      while (!ok() && Date.now() < deadline) await sleep(50);
+      assert.ok(ok(), what);
+    };
+    for (const [host, shmFirst] of [['C', true], ['D', false]]) {
+      const order = shmFirst ? 'shm first' : 'hybrid first';
+      const shmId = `s${host}`;
+      const hyId = `h${host}`;
+      const children = [];
+      let plain;
+      let plain2;
+      try {
+        const openPlain = async () => {
+          plain = await open({ name: ctx.bus, id: shmId, transport: 'shm', shm: { dir: hostDir(host) } });
+          plain.errors = [];
+          plain.on('error', (err) => plain.errors.push(err));
+          // A second shm member, as a program of its own.
+          plain2 = await member(ctx, `${shmId}2`, host, { TRANSPORT: 'shm' });
+          children.push(plain2);
+        };
+        if (shmFirst) await openPlain();
+        const hy = await member(ctx, hyId, host);
+        children.push(hy);
+        if (!shmFirst) await openPlain();
+        // The hybrid member's side: both shm members, by name.
+        for (const id of [shmId, `${shmId}2`]) {
+          const said = await hy.line((l) => l.note === 'error' && l.message.includes(`"${id}"`), 10_000);
+          assert.equal(said.code, 'ERR_SHMBUS_TRANSPORT', order);
+          assert.match(said.message, refusal(id, 'shm', 'hybrid'), order);
+        }
+        // The shm members' side: the hybrid member, by name.
+        await until(`${order}: ${shmId} refuses ${hyId}`, () => plain.errors.some((e) => e.message.includes(`"${hyId}"`)));
+        const mine = plain.errors.filter((e) => e.message.includes(`"${hyId}"`));
+        assert.equal(mine.length, 1, order);
+        assert.equal(mine[0].code, 'ERR_SHMBUS_TRANSPORT', order);
+        assert.match(mine[0].message, refusal(hyId, 'hybrid', 'shm'), order);
+        const theirs = await plain2.line((l) => l.note === 'error' && l.message.includes(`"${hyId}"`), 10_000);
+        assert.match(theirs.message, refusal(hyId, 'hybrid', 'shm'), `${order}: what ${shmId}2 said`);
+        // Each transport's bus goes on, without the other's members.
+        await plain.waitFor(`${shmId}2`, { timeout: 10_000 });
+        assert.deepEqual(plain.peers(), [`${shmId}2`], order);
+        assert.equal(await plain.request('echo', order, { to: `${shmId}2`, timeout: 5000 }), order);
+        await ctx.me.waitFor(hyId, { timeout: 10_000 });
+        assert.equal(await ctx.me.request('echo', order, { to: hyId, timeout: 5000 }), order);
+        const info = await ctx.me.request('info', null, { to: hyId, timeout: 5000 });
+        assert.ok(!info.peers.includes(shmId) && !info.peers.includes(`${shmId}2`), `${order}: ${JSON.stringify(info.peers)}`);
+        assert.ok(!ctx.me.peers().includes(shmId));
+      } finally {
+        for (const child of children) child.kill();
+        await plain?.close();
+      }
+      await until(`${hyId} gone`, () => !ctx.me.peers().includes(hyId));
+    }
+  });
+
   test("transport 'auto' with a nats section is hybrid (the addon loads here)", async () => {
     const bus = await open({ name: ctx.bus, id: 'auto1', nats: { servers: ctx.url, ...NATS_OPTIONS }, shm: { dir: hostDir('A') } });
     try {

@@ -32,6 +32,9 @@
  * get that NATS copy too and drop it: a frame through NATS from a member of this host's directory
  * is never delivered, so each member gets exactly one copy.
  *
+ * A hybrid member also has a sentinel in the plain bus directory <shm root>/<bus>, so that it and
+ * the members of the bus on transport 'shm' meet and refuse each other by name (shm-sentinel.ts).
+ *
  * Options: the `shm` section tunes the local links, the `nats` section the NATS side, as for
  * those transports.
  */
@@ -42,6 +45,7 @@ import { ShmbusError } from '../errors';
 import { show } from '../ids';
 import { createNatsTransport } from './nats';
 import { ShmTransport } from './shm';
+import { screenForSentinel, sentinelName } from './shm-sentinel';
 import type { LinkName, MemberId, Transport, TransportContext, TransportHost } from './transport';
 
 const debug = debuglog('shmbus');
@@ -88,6 +92,8 @@ class HybridTransport implements Transport {
   private readonly ctx: TransportContext;
   private readonly shm: ShmTransport;
   private readonly nats: Transport;
+  /** This member's sentinel in the plain bus directory (none for an id too long to name one). */
+  private readonly sentinel?: ShmTransport;
   /** This member's presence fields: the locality key, set once the bus directory is joined. */
   private readonly presence: { k?: string } = {};
   private key = '';
@@ -113,6 +119,13 @@ class HybridTransport implements Transport {
       { ...ctx, options: sections.nats ?? {}, host: this.hostFor('nats') },
       { flavor: 'hybrid', presence: this.presence, heard: (id, fields) => this.heard(id, fields) },
     );
+    const name = sentinelName(ctx.id);
+    if (name !== undefined) {
+      const ignore = (): void => undefined;
+      const host: TransportHost = { frame: ignore, join: ignore, leave: ignore, writable: ignore, error: (err) => ctx.host.error(err) };
+      const options = { ...sections.shm, ringSize: 4096, spinUs: 0 };
+      this.sentinel = new ShmTransport({ ...ctx, id: name, options, host }, ctx.busName, (member) => screenForSentinel(this.sentinel!.dir, ctx.busName, member));
+    }
   }
 
   async open(): Promise<void> {
@@ -126,6 +139,8 @@ class HybridTransport implements Transport {
     for (const id of this.nats.peers()) this.member(id).onNats = true;
     this.changed();
     for (const id of [...this.members.keys()]) this.settle(id);
+    // Last, once this member holds its id in its own directory (what makes a sentinel a proven one).
+    await this.sentinel?.open().catch((err: Error) => debug('hybrid %s: no sentinel in the plain bus directory: %s', this.ctx.busName, err.message));
   }
 
   async close(): Promise<void> {
@@ -133,7 +148,7 @@ class HybridTransport implements Transport {
     this.closed = true;
     for (const m of this.members.values()) clearTimeout(m.timer);
     this.members.clear();
-    await Promise.all([this.shm.close(), this.nats.close()]);
+    await Promise.all([this.sentinel?.close(), this.shm.close(), this.nats.close()]);
   }
 
   peers(): MemberId[] {

@@ -17,6 +17,7 @@
  */
 import { debuglog } from 'node:util';
 import { ShmbusError, duplicateId } from '../errors';
+import { otherTransport } from './refusal';
 import { show } from '../ids';
 import { idToken, tokenId, type Control, type ControlSender, type ReceivedControl, type Said, type Subjects } from './nats-wire';
 import type { MemberId } from './transport';
@@ -252,7 +253,7 @@ export class Presence {
     this.deadEpochs.set(sender.id, sender.epoch);
     if (this.members.get(sender.id)?.epoch === sender.epoch) this.remove(sender.id, `on transport ${flavor}`);
     debug('nats %s: refused %s (transport %s)', this.self.busName, sender.id, flavor);
-    this.link.report(new ShmbusError('ERR_SHMBUS_TRANSPORT', `member ${show(sender.id)} of bus ${show(this.self.busName)} uses the ${show(flavor)} transport, this one ${show(this.flavor)}: members of one bus use one transport, so it is not counted as a member; open every member with the same transport option`));
+    this.link.report(otherTransport(sender.id, this.self.busName, flavor, this.flavor));
   }
 
   private duplicateSeen(): void {

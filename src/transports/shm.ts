@@ -14,6 +14,7 @@ import { ShmbusError, duplicateId, invalidArg } from '../errors';
 import { show } from '../ids';
 import { loadNative, type NativeAddon, type NativeBus, type NativeEvents } from '../native';
 import { shmHolder } from './shm-holder';
+import { screenForShm } from './shm-sentinel';
 import type { MemberId, Transport, TransportContext } from './transport';
 
 /**
@@ -170,11 +171,19 @@ export class ShmTransport implements Transport {
 
   /** The bus directory's name under the root: the bus name, unless a transport built on this one gives another. */
   private readonly dirName: string;
+  /**
+   * What to do with a member that linked up, by its name: undefined to count it; else it is left
+   * out, and an Error is reported. By default a hybrid member's sentinel is refused (shm-sentinel.ts).
+   */
+  private readonly screen: (name: string) => Error | null | undefined;
+  /** Refusals while open() runs, reported once it is done (undefined after). */
+  private refusals?: Error[] = [];
 
-  constructor(ctx: TransportContext, dirName = ctx.busName) {
+  constructor(ctx: TransportContext, dirName = ctx.busName, screen?: (name: string) => Error | null | undefined) {
     this.ctx = ctx;
     this.options = checkOptions(ctx.options ?? {});
     this.dirName = dirName;
+    this.screen = screen ?? ((name) => screenForShm(this.dir, ctx.busName, name));
   }
 
   /** The bus directory this member uses. */
@@ -226,6 +235,10 @@ export class ShmTransport implements Transport {
     }
     this.onReady = undefined;
     if (this.closed) throw new ShmbusError('ERR_SHMBUS_CLOSED', 'the transport was closed while opening');
+    // On a later turn: after open() has resolved, where the bus's 'error' listeners are.
+    const refusals = this.refusals!;
+    this.refusals = undefined;
+    if (refusals.length > 0) setImmediate(() => refusals.forEach((err) => this.closed || this.ctx.host.error(err)));
     setTimeout(() => sweepDeadBuses(loaded.addon, this.options.root, this.dirName), 0).unref();
   }
 
@@ -357,6 +370,13 @@ export class ShmTransport implements Transport {
           }
           case ev.UP: {
             const name = extras![a] as string;
+            const refused = this.screen(name);
+            if (refused !== undefined) {
+              // Linked, and never a member: nothing is sent to it, what it sends is dropped.
+              if (refused !== null && this.refusals) this.refusals.push(refused);
+              else if (refused !== null) host.error(refused);
+              break;
+            }
             const id = parseId(name);
             this.forgetLast();
             this.idBySlot.set(slot, id);
