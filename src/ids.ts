@@ -3,6 +3,8 @@
  * and how values are shown in messages: what the bus, its options and the transports all use.
  * Nothing here imports any of them.
  */
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { invalidArg } from './errors';
 
@@ -28,6 +30,30 @@ export function checkMemberId(id: unknown, what = 'id'): MemberId {
 export function hostToken(): string {
   const host = os.hostname().replace(/[^A-Za-z0-9_.-]/g, '_').slice(0, 40);
   return /^[A-Za-z_]/.test(host) ? host : `h${host}`;
+}
+
+let processPart: string | undefined;
+
+/**
+ * Six hex digits that tell apart processes with one host name and pid (containers share pid 1):
+ * the same in every thread of a process (a worker thread's default id is its main thread's with
+ * its threadId added), so not drawn at random but hashed from what is the process's own: the
+ * kernel's boot id (one per host), its pid namespace (one per container) and its start time (a
+ * process that comes back with the pid of one before it). Where /proc can't be read (not Linux),
+ * from the host name, pid and parent pid.
+ */
+export function processToken(): string {
+  if (processPart !== undefined) return processPart;
+  let facts: string;
+  try {
+    const stat = fs.readFileSync('/proc/self/stat', 'utf8');
+    const startTime = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+    facts = [fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim(), fs.readlinkSync('/proc/self/ns/pid'), startTime].join('/');
+  } catch {
+    facts = [os.hostname(), process.pid, process.ppid].join('/');
+  }
+  processPart = createHash('sha256').update(facts).digest('hex').slice(0, 6);
+  return processPart;
 }
 
 /** Reads an id from text (environment variables, file names): digits are a worker number. */

@@ -1,13 +1,13 @@
 import { invalidArg } from './errors';
 import { codecProblem, codecs, type CodecName } from './codec';
-import { checkMemberId, clusterRole, hostToken, isMemberId, parseMemberId, show, type MemberId } from './ids';
+import { checkMemberId, clusterRole, hostToken, isMemberId, parseMemberId, processToken, show, type MemberId } from './ids';
 import type { TransportName } from './transports/transport';
 import type { NodeConnectionOptions } from '@nats-io/transport-node';
 
 export interface OpenOptions {
   /** Bus name; members with the same name form one bus. Default 'default'. */
   name?: string;
-  /** This member's id. Default: SHMBUS_ID, PM2's NODE_APP_INSTANCE, cluster.worker.id, 'primary' in a cluster primary, else `<host>-<pid>` (`<host>-<pid>-t<threadId>` in a worker thread). */
+  /** This member's id. Default: SHMBUS_ID, PM2's NODE_APP_INSTANCE, cluster.worker.id, 'primary' in a cluster primary, else `<host>-<pid>` (`<host>-<pid>-t<threadId>` in a worker thread; on nats and hybrid `<host>-<process token>-<pid>`, the token six hex digits of the process's own, as containers share pids). */
   id?: MemberId;
   /** 'auto' (default): with a `nats` section 'hybrid' where the native addon loads, else 'nats'; without one 'shm' where the addon loads, else 'process'. Env SHMBUS_TRANSPORT overrides. */
   transport?: 'auto' | TransportName;
@@ -93,7 +93,8 @@ function section(value: unknown, what: string): Record<string, unknown> {
   return value as Record<string, unknown>;
 }
 
-function defaultId(): MemberId {
+/** The default id: `spansHosts` (nats, hybrid) adds a part of the process's own, as containers on several hosts share pids. */
+function defaultId(spansHosts: boolean): MemberId {
   const env = process.env;
   if (env.SHMBUS_ID !== undefined && env.SHMBUS_ID !== '') {
     const id = parseMemberId(env.SHMBUS_ID);
@@ -109,7 +110,7 @@ function defaultId(): MemberId {
   const role = thread === undefined ? clusterRole() : { primary: false };
   if (role.worker) return role.worker.id;
   if (role.primary) return 'primary';
-  return `${hostToken()}-${process.pid}${thread === undefined ? '' : `-t${thread}`}`;
+  return `${hostToken()}-${spansHosts ? `${processToken()}-` : ''}${process.pid}${thread === undefined ? '' : `-t${thread}`}`;
 }
 
 /** This worker thread's threadId, or undefined on the main thread. */
@@ -128,7 +129,6 @@ export function resolveOptions(options: unknown): ResolvedOptions {
     throw invalidArg(`name must match ${BUS_NAME} (letters, digits, '_', '.', '-'), got ${show(name)}`);
   }
   if (name === '.' || name === '..') throw invalidArg(`name can't be ${show(name)}`);
-  const id = o.id === undefined ? defaultId() : checkMemberId(o.id);
 
   // A bad option is refused even where SHMBUS_TRANSPORT overrides it.
   let transport = o.transport ?? 'auto';
@@ -142,6 +142,8 @@ export function resolveOptions(options: unknown): ResolvedOptions {
     }
     transport = envTransport as ResolvedOptions['transport'];
   }
+  const spansHosts = transport === 'nats' || transport === 'hybrid' || (transport === 'auto' && o.nats !== undefined);
+  const id = o.id === undefined ? defaultId(spansHosts) : checkMemberId(o.id);
 
   const codec = o.codec ?? 'v8';
   if (typeof codec !== 'string' || !Object.hasOwn(codecs, codec)) {
