@@ -17,7 +17,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { program } from './helpers/spawn.mjs';
+import { freePort, natsServerPath, program, startNatsServer, stopNatsServer } from './helpers/spawn.mjs';
 
 const repo = fileURLToPath(new URL('..', import.meta.url));
 const libc = fs.existsSync('/etc/alpine-release') ? 'musl' : 'glibc';
@@ -120,7 +120,10 @@ function nodeHeaders() {
   return fs.existsSync(path.join(prefix, 'include', 'node', 'node_api.h')) ? { npm_config_nodedir: prefix } : {};
 }
 
-/** A user's program: open a bus with the defaults, send itself a message, then try 'shm' outright. */
+/**
+ * A user's program: open a bus with the defaults, send itself a message, then try 'shm' outright;
+ * with NATS_URL set, open another with only a nats section and send itself a message there too.
+ */
 const PROBE = `
 import { open } from 'shmbus';
 const name = 'install' + process.pid;
@@ -139,8 +142,22 @@ if (process.argv[2] === 'try-shm') {
     shm = { code: err.code, message: err.message };
   }
 }
+let nats;
+if (process.env.NATS_URL) {
+  try {
+    const other = await open({ name: name + 'n', nats: { servers: process.env.NATS_URL } });
+    const echoed = await new Promise((resolve) => {
+      other.on('ping', (data) => resolve(data));
+      other.sendMessage('ping', { n: 2 }, other.id);
+    });
+    nats = { transport: other.transport, echoed };
+    await other.close();
+  } catch (err) {
+    nats = { code: err.code, message: err.message };
+  }
+}
 await bus.close();
-console.log(JSON.stringify({ transport: bus.transport, echoed, shm }));
+console.log(JSON.stringify({ transport: bus.transport, echoed, shm, nats }));
 `;
 
 /**
@@ -267,6 +284,25 @@ test('with no prebuild and no compiler the install succeeds with one line, and t
   t.diagnostic(`run time said: ${fallback.warnings[0]}`);
   assert.equal(fallback.shm.code, 'ERR_SHMBUS_TRANSPORT', fallback.out);
   assert.match(fallback.shm.message, /native addon did not load/, fallback.out);
+});
+
+test("with no prebuild and no compiler, 'auto' with a nats section runs on nats, with no warning of its own", { timeout: 60_000 }, async (t) => {
+  if (!natsServerPath()) {
+    assert.notEqual(process.env.CI, 'true', 'nats-server is required under CI');
+    return t.skip('nats-server is not installed: install it (apt-get install nats-server)');
+  }
+  const { project } = installInto('no-prebuild-nats', bare, { compiler: false });
+  const port = await freePort();
+  const server = await startNatsServer(port);
+  try {
+    const probe = runProbe(project, [], { NATS_URL: `nats://127.0.0.1:${port}` });
+    assert.equal(probe.transport, 'process', probe.out);
+    assert.deepEqual(probe.nats, { transport: 'nats', echoed: { n: 2 } }, probe.out);
+    assert.equal(probe.warnings.length, 1, `only the process fallback warns:\n${probe.out}`);
+    assert.match(probe.warnings[0], /SHMBUS_FALLBACK.*Using the 'process' transport instead/, probe.out);
+  } finally {
+    await stopNatsServer(server);
+  }
 });
 
 test("a clone's install step (what `npm ci` runs) builds the addon without node-gyp's info lines", { timeout: 180_000 }, () => {
