@@ -35,24 +35,26 @@ export function hostToken(): string {
 let processPart: string | undefined;
 
 /**
- * Six hex digits that tell apart processes with one host name and pid (containers share pid 1):
+ * Six hex digits that tell apart processes with one host name and pid (containers share pid 1),
  * the same in every thread of a process (a worker thread's default id is its main thread's with
- * its threadId added), so not drawn at random but hashed from what is the process's own: the
- * kernel's boot id (one per host), its pid namespace (one per container) and its start time (a
- * process that comes back with the pid of one before it). Where /proc can't be read (not Linux),
- * from the host name, pid and parent pid.
+ * its threadId added): so not drawn in JS, which would draw one per thread, but hashed from what
+ * the process has of its own: its auxiliary vector (the addresses the kernel chose at random for
+ * it at exec: its AT_RANDOM bytes and vDSO), the kernel's boot id (one per host), its pid namespace
+ * (one per container) and its start time. Where /proc can't be read (not Linux), from the host
+ * name, pid and parent pid.
  */
 export function processToken(): string {
   if (processPart !== undefined) return processPart;
-  let facts: string;
+  const hash = createHash('sha256');
   try {
     const stat = fs.readFileSync('/proc/self/stat', 'utf8');
     const startTime = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
-    facts = [fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim(), fs.readlinkSync('/proc/self/ns/pid'), startTime].join('/');
+    hash.update(fs.readFileSync('/proc/self/auxv'));
+    hash.update([fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim(), fs.readlinkSync('/proc/self/ns/pid'), startTime].join('/'));
   } catch {
-    facts = [os.hostname(), process.pid, process.ppid].join('/');
+    hash.update([os.hostname(), process.pid, process.ppid].join('/'));
   }
-  processPart = createHash('sha256').update(facts).digest('hex').slice(0, 6);
+  processPart = hash.digest('hex').slice(0, 6);
   return processPart;
 }
 
