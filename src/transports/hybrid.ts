@@ -233,11 +233,13 @@ class HybridTransport implements Transport {
   ref(): void {
     this.shm.ref();
     this.nats.ref();
+    this.sentinel?.ref();
   }
 
   unref(): void {
     this.shm.unref();
     this.nats.unref();
+    this.sentinel?.unref();
   }
 
   // -------------------------------------------------------------------------------------------
