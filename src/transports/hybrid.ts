@@ -94,6 +94,8 @@ class HybridTransport implements Transport {
   private readonly nats: Transport;
   /** This member's sentinel in the plain bus directory (none for an id too long to name one). */
   private readonly sentinel?: ShmTransport;
+  /** What the sentinel reported while open() ran: reported once it is done (undefined after). */
+  private sentinelErrors?: Error[] = [];
   /** This member's presence fields: the locality key, set once the bus directory is joined. */
   private readonly presence: { k?: string } = {};
   private key = '';
@@ -122,7 +124,11 @@ class HybridTransport implements Transport {
     const name = sentinelName(ctx.id);
     if (name !== undefined) {
       const ignore = (): void => undefined;
-      const host: TransportHost = { frame: ignore, join: ignore, leave: ignore, writable: ignore, error: (err) => ctx.host.error(err) };
+      const error = (err: Error): void => {
+        if (this.sentinelErrors) this.sentinelErrors.push(err);
+        else ctx.host.error(err);
+      };
+      const host: TransportHost = { frame: ignore, join: ignore, leave: ignore, writable: ignore, error };
       const options = { ...sections.shm, ringSize: 4096, spinUs: 0 };
       this.sentinel = new ShmTransport({ ...ctx, id: name, options, host }, ctx.busName, (member) => screenForSentinel(this.sentinel!.dir, ctx.busName, member));
     }
@@ -132,6 +138,9 @@ class HybridTransport implements Transport {
     // The directory first: its key goes into the NATS presence, and a local member is reported
     // only once both its link and its presence are there.
     await this.shm.open();
+    // Once this member holds its id in its own directory (what makes a sentinel a proven one),
+    // and before it is on NATS (so that no member counts it before its open() is nearly done).
+    await this.sentinel?.open().catch((err: Error) => debug('hybrid %s: no sentinel in the plain bus directory: %s', this.ctx.busName, err.message));
     this.key = localityKey(this.shm.dir);
     this.presence.k = this.key;
     debug('hybrid %s: locality key %s', this.ctx.busName, this.key);
@@ -139,8 +148,10 @@ class HybridTransport implements Transport {
     for (const id of this.nats.peers()) this.member(id).onNats = true;
     this.changed();
     for (const id of [...this.members.keys()]) this.settle(id);
-    // Last, once this member holds its id in its own directory (what makes a sentinel a proven one).
-    await this.sentinel?.open().catch((err: Error) => debug('hybrid %s: no sentinel in the plain bus directory: %s', this.ctx.busName, err.message));
+    // On a later turn: after open() has resolved, where the bus's 'error' listeners are.
+    const held = this.sentinelErrors!;
+    this.sentinelErrors = undefined;
+    if (held.length > 0) setImmediate(() => held.forEach((err) => this.closed || this.ctx.host.error(err)));
   }
 
   async close(): Promise<void> {
