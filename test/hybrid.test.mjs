@@ -8,6 +8,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import net from 'node:net';
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -61,6 +62,83 @@ async function viaOf(me, ids) {
   for (const id of ids) out[id] = (await me.request('info', null, { to: id, timeout: 5000 })).via;
   return out;
 }
+
+/**
+ * A TCP proxy to the NATS server at `port` whose server-to-client direction can be held: what the
+ * server sends waits in the proxy until release().
+ */
+async function holdableProxy(port) {
+  const pairs = new Set();
+  let held = false;
+  const server = net.createServer((client) => {
+    const upstream = net.connect(port, '127.0.0.1');
+    const pair = { client, upstream, waiting: [] };
+    pairs.add(pair);
+    client.on('data', (d) => upstream.write(d));
+    upstream.on('data', (d) => (held ? pair.waiting.push(d) : client.write(d)));
+    const end = () => {
+      pairs.delete(pair);
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on('close', end).on('error', end);
+    upstream.on('close', end).on('error', end);
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `nats://127.0.0.1:${server.address().port}`,
+    hold: () => (held = true),
+    release: () => {
+      held = false;
+      for (const pair of pairs) for (const d of pair.waiting.splice(0)) pair.client.write(d);
+    },
+    close: () => {
+      for (const pair of pairs) {
+        pair.client.destroy();
+        pair.upstream.destroy();
+      }
+      return new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+test("a co-located member that sends and leaves before this member has heard its NATS presence: it is reported, its message delivered, then its leave", { skip, timeout: 60_000 }, async () => {
+  const port = await freePort();
+  const server = await startNatsServer(port);
+  const proxy = await holdableProxy(port);
+  const ctx = { bus: busName(), url: `nats://127.0.0.1:${port}` };
+  let me;
+  try {
+    me = await openHere({ ...ctx, url: proxy.url }, 'tester', 'A');
+    const events = [];
+    me.on('peer:join', (id) => events.push(['join', id]));
+    me.on('peer:leave', (id) => events.push(['leave', id]));
+    me.on('hi', (pid, msg) => events.push(['hi', msg.from, pid]));
+    // From here on this member hears nothing from NATS: the newcomer links to it through the
+    // rings, hears of it from its heartbeats, sends, and is gone before this member knows it.
+    proxy.hold();
+    const newcomer = program(MEMBER, {
+      name: 'newcomer on A',
+      env: { BUS: ctx.bus, SHMBUS_ID: 'newcomer', NATS_URL: ctx.url, NATS_OPTIONS: JSON.stringify(NATS_OPTIONS), HOST_DIR: hostDir('A'), SHMBUS_TRANSPORT: undefined, SEND_AND_CLOSE: 'tester' },
+    });
+    const ready = await newcomer.line((l) => l.ready || l.result, 20_000);
+    assert.ok(ready.ready, newcomer.describe());
+    assert.equal((await newcomer.exited).code, 0, newcomer.describe());
+    assert.deepEqual(events, [], 'nothing reported while its NATS presence is not heard');
+    proxy.release();
+    const deadline = Date.now() + 10_000;
+    while (events.length < 3 && Date.now() < deadline) await sleep(20);
+    assert.deepEqual(events, [['join', 'newcomer'], ['hi', 'newcomer', ready.pid], ['leave', 'newcomer']]);
+    assert.deepEqual(me.peers(), []);
+    await sleep(PRESENCE_EXPIRY + 500);
+    assert.deepEqual(me.errors.map((e) => e.message), [], 'no error once its presence has ended');
+    assert.deepEqual(me.peers(), []);
+  } finally {
+    await me?.close();
+    await proxy.close();
+    await stopNatsServer(server);
+  }
+});
 
 describe('hybrid: two hosts, each its own bus directory', { skip, timeout: 240_000 }, () => {
   const ctx = {};

@@ -68,6 +68,12 @@ interface Member {
   shmUp: boolean;
   /** It was reported via shm and its link went down: its NATS presence is of that old life. */
   gone: boolean;
+  /**
+   * Its shm link went down before it was reported, with frames it sent through the rings: it had
+   * opened (a member sends only then), so once its NATS presence places it here, it is reported,
+   * its frames delivered, and then its leave.
+   */
+  leftEarly?: boolean;
   early?: Array<[Path, Buffer]>;
   /** Reported, and frames of its path that wait for a later turn (see report()). */
   held?: Buffer[];
@@ -298,10 +304,22 @@ class HybridTransport implements Transport {
   private settle(id: MemberId): void {
     const m = this.members.get(id);
     if (!m || this.closed || m.via !== undefined) return;
-    if (!m.onNats && !m.shmUp) return this.forget(id, m);
+    if (!m.onNats && !m.shmUp && !m.leftEarly) return this.forget(id, m);
+    if (m.leftEarly && !(m.onNats && m.key === this.key && !m.gone)) {
+      // Until its NATS presence is heard; a member that never gets one was never one.
+      m.timer ??= setTimeout(() => {
+        m.timer = undefined;
+        if (!m.leftEarly || this.members.get(id) !== m) return;
+        m.leftEarly = false;
+        m.early = undefined;
+        this.settle(id);
+      }, LINK_DEADLINE_MS);
+      m.timer.unref();
+      return;
+    }
     if (m.gone || !m.onNats || m.key === undefined) return;
     if (m.key !== this.key) return this.report(id, m, 'nats');
-    if (m.shmUp) return this.report(id, m, 'shm');
+    if (m.shmUp || m.leftEarly) return this.report(id, m, 'shm');
     m.timer ??= setTimeout(() => {
       m.timer = undefined;
       if (this.closed || m.via !== undefined || m.shmUp || this.members.get(id) !== m) return;
@@ -333,6 +351,10 @@ class HybridTransport implements Transport {
       m.held = undefined;
       if (this.closed || this.members.get(id) !== m || m.via !== via) return;
       for (const frame of held ?? []) this.ctx.host.frame(id, frame);
+      if (m.leftEarly) {
+        m.leftEarly = false;
+        if (!m.shmUp) this.leave('shm', id);
+      }
     });
   }
 
@@ -356,7 +378,8 @@ class HybridTransport implements Transport {
     if (!m || this.closed) return;
     if (path === 'shm') {
       m.shmUp = false;
-      m.early = m.early?.filter(([p]) => p !== 'shm');
+      if (m.via === undefined && !m.gone && m.early?.some(([p]) => p === 'shm')) m.leftEarly = true;
+      else m.early = m.early?.filter(([p]) => p !== 'shm');
     } else {
       m.onNats = false;
       m.key = undefined;
