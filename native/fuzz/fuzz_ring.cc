@@ -63,7 +63,8 @@ void scribble(Ring& r, Input& in) {
       break;
     }
     case 3: {  // a record header at the consumer-visible offset of some index
-      uint64_t at = __atomic_load_n(&r.hdr()->head, __ATOMIC_RELAXED) + 8 * (in.u8() % 16);
+      // head may itself be scribbled: a record offset is 8-byte aligned, so the header fits.
+      uint64_t at = (__atomic_load_n(&r.hdr()->head, __ATOMIC_RELAXED) & ~uint64_t{7}) + 8 * (in.u8() % 16);
       size_t off = static_cast<size_t>(at & (r.capacity - 1));
       uint32_t length = in.u32() % (2 * static_cast<uint32_t>(r.capacity));
       uint32_t type = in.u8() % 7;
